@@ -1,0 +1,350 @@
+"""The `sagelm` command line (interface.md). JSON to stdout; logs, progress and warnings to stderr.
+
+Exit status: 0 success, 1 user error (one line naming the file/row and the problem), 2 usage error.
+Commands that need no model import neither torch nor transformers.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Judge spoken responses with SageLM.")  # fmt: skip
+stdout = Console(soft_wrap=True)
+stderr = Console(stderr=True, soft_wrap=True)
+logger = logging.getLogger("sagelm")
+_state = {"debug": False}
+
+
+class UserError(Exception):
+    """A problem with the user's files, flags or data: reported in one line, exit status 1."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from sagelm.aspects import UnknownAspectError
+    from sagelm.audio import AudioError
+    from sagelm.data import DataError
+
+    errors: list[type[BaseException]] = [UserError, UnknownAspectError, AudioError, DataError, FileNotFoundError]
+    if "sagelm.model" in sys.modules:
+        from sagelm.model import ModelFormatError, ModelUnavailableError
+
+        errors += [ModelUnavailableError, ModelFormatError]
+    if "sagelm.scoring" in sys.modules:
+        from sagelm.scoring import ScoringError
+
+        errors.append(ScoringError)
+    if "sagelm.training" in sys.modules:
+        from sagelm.training import TrainConfigError
+
+        errors.append(TrainConfigError)
+    return tuple(errors)
+
+
+def _run(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except (typer.Exit, click.ClickException):
+        raise
+    except Exception as e:
+        if _state["debug"] or not isinstance(e, _user_errors()):
+            if not _state["debug"] and not isinstance(e, _user_errors()):
+                stderr.print(f"sagelm: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+                             markup=False, highlight=False)  # fmt: skip
+                raise typer.Exit(3) from None
+            raise
+        stderr.print(f"sagelm: error: {e}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _setup_logging(debug: bool) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=stderr, show_path=False, show_time=False, markup=False)],
+    )
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+@app.callback()
+def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False) -> None:
+    _state["debug"] = debug
+    _setup_logging(debug)
+
+
+# --------------------------------------------------------------------------------------------------------------
+@app.command()
+def prompt(
+    aspect: Annotated[str, typer.Option(help="The aspect to judge, e.g. helpfulness.")],
+    instruction: Annotated[str, typer.Option(help="The question the two responses answer.")],
+    audio: Annotated[list[Path] | None, typer.Argument(help="AUDIO_1 AUDIO_2: expand to their token counts.")] = None,
+) -> None:
+    """Print exactly the text the judge model receives (no newline added)."""
+
+    def go() -> None:
+        from sagelm.audio import load_audio
+        from sagelm.prompts import judge_text
+
+        files = audio or []
+        if len(files) not in (0, 2):
+            raise typer.BadParameter("give two audio files or none", param_hint="AUDIO_1 AUDIO_2")
+        counts = [load_audio(f).n_tokens for f in files] if files else None
+        sys.stdout.write(judge_text(aspect, instruction, counts))
+        sys.stdout.flush()
+
+    _run(go)
+
+
+# --------------------------------------------------------------------------------------------------------------
+def _decoding(preset: str, seed: int | None, verdict_only: bool, max_new_tokens: int | None):
+    from sagelm.decoding import preset as get_preset
+
+    try:
+        options = get_preset(preset)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--preset") from None
+    changes: dict[str, Any] = {"verdict_only": verdict_only, "seed": seed}
+    if max_new_tokens is not None:
+        changes["max_new_tokens"] = max_new_tokens
+    return options.replace(**changes)
+
+
+def _progress():
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=stderr, transient=False,
+    )  # fmt: skip
+
+
+def _verdict_table(records, title: str, human: Callable[[Any], str] | None = None):
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ["pair", "aspect", "order", *(["human"] if human else []), "judge", "P(1)", "P(2)", "P(Tie)",
+                "rationale / error"]:  # fmt: skip
+        table.add_column(col, overflow="fold")
+    for r in records:
+        p = r.probabilities or {}
+        table.add_row(
+            r.id, r.aspect or "", "2,1" if r.swapped else "1,2", *([human(r)] if human else []),
+            r.verdict or ("error" if r.error else "none"),
+            *(f"{p[k]:.3f}" if k in p else "" for k in ("1", "2", "Tie")),
+            (r.error or r.rationale or r.raw or "")[:160],
+        )  # fmt: skip
+    return table
+
+
+@app.command()
+def judge(
+    audio: Annotated[list[Path] | None, typer.Argument(help="AUDIO_1 AUDIO_2 (one pair).")] = None,
+    instruction: Annotated[str | None, typer.Option(help="The question (one pair).")] = None,
+    data: Annotated[Path | None, typer.Option(help="A data file: SageLM JSON list or JSONL rows.")] = None,
+    output: Annotated[Path | None, typer.Option(help="OUT.jsonl (dataset mode); reruns resume it.")] = None,
+    aspect: Annotated[list[str] | None, typer.Option(help="Aspect(s) to judge; may repeat.")] = None,
+    model: Annotated[str | None, typer.Option(help="Hub id or local checkpoint folder.")] = None,
+    both_orders: Annotated[bool, typer.Option("--both-orders", help="Judge each pair in both orders.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON record per line (one pair).")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Prompts per forward pass.")] = 1,
+    verdict_only: Annotated[bool, typer.Option("--verdict-only", help="Stop after the verdict.")] = False,
+    preset: Annotated[str, typer.Option(help="Decoding preset: greedy or paper.")] = "greedy",
+    seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(min=1, help="Cap on generated tokens.")] = None,
+) -> None:
+    """Judge one pair (AUDIO_1 AUDIO_2 --instruction) or a dataset (--data --output)."""
+    from sagelm.model import DEFAULT_MODEL
+
+    options = _decoding(preset, seed, verdict_only, max_new_tokens)
+    model_id = model or DEFAULT_MODEL
+    if data is not None:
+        if audio or instruction is not None:
+            raise typer.BadParameter("--data judges a file: give no AUDIO files or --instruction")
+        if output is None:
+            raise typer.BadParameter("--data needs --output OUT.jsonl", param_hint="--output")
+        _run(lambda: _judge_dataset(data, output, aspect, model_id, options, both_orders, batch_size))
+        return
+    if not audio or len(audio) != 2 or instruction is None:
+        raise typer.BadParameter("give AUDIO_1 AUDIO_2 and --instruction, or --data FILE --output OUT.jsonl")
+    _run(lambda: _judge_pair(audio, instruction, aspect, model_id, options, both_orders, batch_size, json_out))
+
+
+def _judge_pair(audio, instruction, aspects, model_id, options, both_orders, batch_size, json_out) -> None:
+    from sagelm.aspects import get_aspect
+    from sagelm.audio import load_audio
+
+    for a in aspects or []:
+        get_aspect(a)
+    for f in audio:  # fail fast, before loading a 7B model
+        load_audio(f)
+    _quiet_transformers()
+    from sagelm.judge import Judge
+
+    judge = Judge.from_pretrained(model_id, options)
+    records = judge.compare(instruction, audio[0], audio[1], aspects, both_orders, batch_size)
+    failed = next((r for r in records if r.error), None)
+    if failed:
+        raise UserError(failed.error)
+    if json_out:
+        for r in records:
+            sys.stdout.write(r.to_json() + "\n")
+    else:
+        stdout.print(_verdict_table(records, f"{audio[0].name} vs {audio[1].name}"))
+
+
+def _dataset_items(pairs, aspects, both_orders) -> Iterator[Any]:
+    from sagelm.data import BadRow
+    from sagelm.judge import plan
+
+    for p in pairs:
+        if isinstance(p, BadRow):
+            yield p
+        else:
+            yield from plan([p], aspects, both_orders)
+
+
+def _judge_dataset(data, output, aspects, model_id, options, both_orders, batch_size) -> None:
+    from sagelm.data import BadRow, read_pairs
+    from sagelm.records import Judgment, JudgmentLog, judgment_key
+
+    items = list(_dataset_items(list(read_pairs(data)), aspects, both_orders))
+    log = JudgmentLog(output)
+    decoding = options.as_dict()
+
+    def bad_record(b: BadRow) -> Judgment:
+        key = judgment_key(("", ""), b.error, None, False, model_id, decoding)
+        return Judgment(id=b.id, aspect=None, error=b.error, model=model_id, key=key)
+
+    # Keys need the audio digests only, not the model: work out what is left before loading it.
+    from sagelm.judge import Judge, Task, TaskKeys
+
+    keys = TaskKeys(model_id, options)
+    todo = [it for it in items if (bad_record(it).key if isinstance(it, BadRow) else keys(it)) not in log.done]
+    skipped = len(items) - len(todo)
+    if skipped:
+        logger.info("%s: %d judgments already done, %d to go", output, skipped, len(todo))
+    n_bad = sum(isinstance(it, BadRow) for it in todo)
+    judge = None
+    if len(todo) > n_bad:
+        _quiet_transformers()
+        judge = Judge.from_pretrained(model_id, options, keys=keys)
+    errors = 0
+    with log, _progress() as progress:
+        bar = progress.add_task("judging", total=len(todo))
+        chunk: list[Task] = []
+
+        def flush() -> None:
+            nonlocal errors
+            if chunk and judge is not None:
+                for batch in judge.judge(list(chunk), batch_size):
+                    log.write(batch)
+                    errors += sum(r.error is not None for r in batch)
+                    progress.advance(bar, len(batch))
+            chunk.clear()
+
+        for it in todo:
+            if isinstance(it, BadRow):
+                flush()
+                log.write([bad_record(it)])
+                errors += 1
+                progress.advance(bar)
+                continue
+            chunk.append(it)
+            if len(chunk) == batch_size:
+                flush()
+        flush()
+    for it in todo:
+        if isinstance(it, BadRow):
+            logger.warning("%s", it.error)
+    logger.info("%s: wrote %d records (%d with errors)", output, len(todo), errors)
+
+
+# --------------------------------------------------------------------------------------------------------------
+@app.command()
+def demo(
+    model: Annotated[str | None, typer.Option(help="Hub id or local checkpoint folder.")] = None,
+    audio_dir: Annotated[Path | None, typer.Option(help="The demo_audio folder.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 1,
+    verdict_only: Annotated[bool, typer.Option("--verdict-only")] = False,
+    max_new_tokens: Annotated[int | None, typer.Option(min=1)] = None,
+) -> None:
+    """Judge the three bundled demo pairs on the four semantic aspects, beside the human verdicts."""
+
+    def go() -> None:
+        from sagelm.demo import DEMO_ASPECTS, demo_pairs, find_demo_audio, human_verdict
+        from sagelm.model import DEFAULT_MODEL, ModelUnavailableError
+
+        pairs = demo_pairs(find_demo_audio(audio_dir))
+        _quiet_transformers()
+        from sagelm.judge import Judge, plan
+
+        model_id = model or DEFAULT_MODEL
+        try:
+            judge = Judge.from_pretrained(model_id, _decoding("greedy", None, verdict_only, max_new_tokens))
+        except ModelUnavailableError as e:
+            stderr.print(f"sagelm demo: SageLM weights unreachable: {e}", markup=False, highlight=False)
+            return
+        tasks = list(plan(pairs, DEMO_ASPECTS))
+        records = []
+        with _progress() as progress:
+            bar = progress.add_task("judging the demo pairs", total=len(tasks))
+            for batch in judge.judge(tasks, batch_size):
+                records += batch
+                progress.advance(bar, len(batch))
+        agree = sum(r.verdict == human_verdict(r.id, r.aspect) for r in records)
+        stdout.print(_verdict_table(records, f"SageLM ({model_id}) vs human verdicts",
+                                    human=lambda r: human_verdict(r.id, r.aspect)))  # fmt: skip
+        stdout.print(f"agreement with the human verdicts: {agree}/{len(records)}")
+
+    _run(go)
+
+
+@app.command("tiny-model")
+def tiny_model(
+    folder: Annotated[Path, typer.Argument(help="Where to save the checkpoint.")],
+    layout: Annotated[str, typer.Option(help="thinker (as training saves) or full (as released).")] = "thinker",
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Build a tiny random Qwen2.5-Omni judge (for trying the tool on a laptop; it judges at random)."""
+
+    def go() -> None:
+        if layout not in ("thinker", "full"):
+            raise typer.BadParameter("thinker or full", param_hint="--layout")
+        _quiet_transformers()
+        from sagelm.tiny import TinySpec, build_tiny_judge
+
+        build_tiny_judge(folder, layout, TinySpec(seed=seed))  # type: ignore[arg-type]
+        stderr.print(f"saved a tiny random judge ({layout}) to {folder}")
+
+    _run(go)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""The judge's prompt and its chat rendering, byte for byte as SageLM was trained.
+
+Instruction prompt (the user turn), from the released training data:
+
+    Below are two responses ... Evaluate in terms of **{aspect}** and indicate a better response
+    using 1, 2 or Tie.\\n### Instruction:\\n{question}\\n\\n### Response 1:\\n<audio>\\n\\n### Response 2:\\n<audio>\\n\\n
+
+Chat rendering: LLaMA-Factory's `qwen2_omni` template with the system prompt "You are a helpful assistant."
+(not Qwen's own Omni system prompt). Each `<audio>` placeholder becomes
+`<|audio_bos|>` + `<|AUDIO|>` x N + `<|audio_eos|>`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from sagelm.aspects import get_aspect
+
+AUDIO_PLACEHOLDER = "<audio>"
+AUDIO_BOS = "<|audio_bos|>"
+AUDIO_TOKEN = "<|AUDIO|>"
+AUDIO_EOS = "<|audio_eos|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+SYSTEM_PROMPT = "You are a helpful assistant."
+
+INSTRUCTION_TEMPLATE = (
+    "Below are two responses for a given task. The task is defined by the Instruction. "
+    "Evaluate in terms of **{aspect}** and indicate a better response using 1, 2 or Tie.\n"
+    "### Instruction:\n{question}\n\n"
+    "### Response 1:\n" + AUDIO_PLACEHOLDER + "\n\n"
+    "### Response 2:\n" + AUDIO_PLACEHOLDER + "\n\n"
+)
+
+CHAT_TEMPLATE = (
+    IM_START + "system\n" + SYSTEM_PROMPT + IM_END + "\n"
+    + IM_START + "user\n{prompt}" + IM_END + "\n"
+    + IM_START + "assistant\n"
+)
+
+# The answer the model was trained to write: the verdict alone on the first line, then a rationale.
+ANSWER_TEMPLATE = "{verdict}\n{rationale}" + IM_END
+
+# Reading a released row back: the aspect sits between the first `**` pair after "Evaluate in terms of";
+# the question between "### Instruction:" (some files add two spaces) and the "### Response 1:" heading.
+_INSTRUCTION_RE = re.compile(
+    r"\A.*?Evaluate in terms of \*\*(?P<aspect>.*?)\*\* and indicate a better response using 1, 2 or Tie\.\n"
+    r"### Instruction: *\n(?P<question>.*)\n\n### Response 1:\n<audio>\n\n### Response 2:\n<audio>\n\n\Z",
+    re.DOTALL,
+)
+
+
+def instruction_prompt(aspect: str, question: str) -> str:
+    """The user turn for judging `question` in terms of `aspect` (validated against the registry)."""
+    name = get_aspect(aspect).name
+    return INSTRUCTION_TEMPLATE.format(aspect=name, question=question)
+
+
+def audio_span(n_tokens: int) -> str:
+    return AUDIO_BOS + AUDIO_TOKEN * n_tokens + AUDIO_EOS
+
+
+def render_chat(prompt: str, audio_tokens: Sequence[int] | None = None) -> str:
+    """The full text the model reads. Without `audio_tokens` each placeholder gets one `<|AUDIO|>`
+    (the unexpanded form vLLM receives); with them, the i-th placeholder gets audio_tokens[i]."""
+    n = prompt.count(AUDIO_PLACEHOLDER)
+    counts = [1] * n if audio_tokens is None else list(audio_tokens)
+    if len(counts) != n:
+        raise ValueError(f"prompt has {n} audio placeholders but {len(counts)} audio token counts were given")
+    pieces = prompt.split(AUDIO_PLACEHOLDER)
+    expanded = pieces[0] + "".join(audio_span(c) + rest for c, rest in zip(counts, pieces[1:], strict=True))
+    return CHAT_TEMPLATE.format(prompt=expanded)
+
+
+def judge_text(aspect: str, question: str, audio_tokens: Sequence[int] | None = None) -> str:
+    return render_chat(instruction_prompt(aspect, question), audio_tokens)
+
+
+def parse_instruction(instruction: str) -> tuple[str, str]:
+    """(aspect, question) of a released instruction prompt; ValueError when it is not one."""
+    m = _INSTRUCTION_RE.match(instruction)
+    if m is None:
+        raise ValueError("not a SageLM instruction prompt (expected '... Evaluate in terms of **ASPECT** ...')")
+    return m.group("aspect"), m.group("question")
