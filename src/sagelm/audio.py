@@ -24,6 +24,7 @@ FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100
 AUDIO_TOKENS_PER_SECOND = FRAMES_PER_SECOND // 4  # conv stride 2, then average pool 2: 25
 MAX_AUDIO_SECONDS = 60  # SageLM was trained on the first 60 s of each response
 MAX_SAMPLES = MAX_AUDIO_SECONDS * SAMPLE_RATE  # 960,000 samples -> 6,000 frames -> 1,500 audio tokens
+MIN_FRAMES = 3  # fewer mel frames than this make no audio token at all
 SILENCE_PEAK = 1e-4  # below this peak amplitude a clip holds nothing to hear
 
 
@@ -106,6 +107,8 @@ def load_audio(path: str | Path) -> Clip:
         raise AudioError(f"{p}: is silent (peak amplitude below {SILENCE_PEAK})")
     original_seconds = len(mono) / sr
     samples = resample(np.ascontiguousarray(mono), sr)
+    if n_frames(len(samples)) < MIN_FRAMES:
+        raise AudioError(f"{p}: too short ({1000 * original_seconds:.0f} ms) to make a single audio token")
     if len(samples) > MAX_SAMPLES:
         logger.warning(
             "%s is %.1f s long; the judge hears only its first %d s", p, original_seconds, MAX_AUDIO_SECONDS

@@ -235,7 +235,7 @@ def _judge_dataset(data, output, aspects, model_id, options, both_orders, batch_
     decoding = options.as_dict()
 
     def bad_record(b: BadRow) -> Judgment:
-        key = judgment_key(("", ""), b.error, None, False, model_id, decoding)
+        key = judgment_key(("", ""), b.error, None, False, model_id, decoding, b.id)
         return Judgment(id=b.id, aspect=None, error=b.error, model=model_id, key=key)
 
     # Keys need the audio digests only, not the model: work out what is left before loading it.

@@ -80,7 +80,7 @@ class TaskKeys:
         p = task.pair
         return judgment_key(
             (self._digest(p.audio_1), self._digest(p.audio_2)), p.question, task.aspect, task.swapped,
-            self.model_name, self.decoding,
+            self.model_name, self.decoding, p.id,
         )  # fmt: skip
 
 
@@ -163,25 +163,55 @@ class Judge:
             ready.append((i, Example(t.aspect, t.pair.question, a1, a2)))
         if ready:
             outputs = self._generate([ex for _, ex in ready])
-            for (i, _), (verdict, probs, rationale, raw) in zip(ready, outputs, strict=True):
+            for (i, _), (verdict, probs, rationale, raw, n_new) in zip(ready, outputs, strict=True):
                 t = tasks[i]
                 if t.swapped:
                     verdict, probs = swap_verdict(verdict), swap_probabilities(probs)
-                records[i] = self._record(t, verdict=verdict, probabilities=probs, rationale=rationale, raw=raw)
+                records[i] = self._record(
+                    t, verdict=verdict, probabilities=probs, rationale=rationale, raw=raw, new_tokens=n_new
+                )
         return [records[i] for i in range(len(tasks))]
 
-    def _generate(
-        self, examples: list[Example]
-    ) -> list[tuple[str | None, dict[str, float], str | None, str]]:
+    def _generate(self, examples: list[Example]) -> list[tuple[str | None, dict[str, float], str | None, str, int]]:
         import torch
-        from transformers import GenerationConfig
 
         m, o = self.model, self.options
         inputs = build_inputs(m.tokenizer, m.feature_extractor, examples)
         inputs = {k: v.to(m.device) for k, v in inputs.items()}
         inputs["input_features"] = inputs["input_features"].to(m.thinker.dtype)
-        config = GenerationConfig(
-            max_new_tokens=1 if o.verdict_only else o.max_new_tokens,
+        with torch.inference_mode():
+            if o.verdict_only:
+                first = self._first_step_logits(inputs)
+                new = [[t] for t in self._pick(first).tolist()]
+            else:
+                out = m.thinker.generate(**inputs, generation_config=self._generation_config())
+                first = out.logits[0].float()  # raw logits of the first step, before any sampling warper
+                new = out.sequences[:, inputs["input_ids"].shape[1] :].tolist()
+        ids = [m.verdict_token_ids[v] for v in VERDICTS]
+        probs = torch.softmax(first[:, ids], dim=-1).tolist()
+        by_first_id = {tid: v for v, tid in m.verdict_token_ids.items()}
+        results = []
+        for row, p in zip(new, probs, strict=True):
+            n_new = len(row)
+            if m.im_end_id in row:
+                row = row[: row.index(m.im_end_id)]
+                n_new = len(row) + 1
+            row = [t for t in row if t != m.tokenizer.pad_token_id]
+            raw = m.tokenizer.decode(row, skip_special_tokens=True)
+            if o.verdict_only:
+                verdict, rationale = (by_first_id.get(row[0]) if row else None), None
+            else:
+                verdict = parse_verdict(raw)
+                rationale = raw.split("\n", 1)[1].strip() if "\n" in raw else None
+            results.append((verdict, dict(zip(VERDICTS, p, strict=True)), rationale, raw, n_new))
+        return results
+
+    def _generation_config(self) -> Any:
+        from transformers import GenerationConfig
+
+        m, o = self.model, self.options
+        return GenerationConfig(
+            max_new_tokens=o.max_new_tokens,
             do_sample=o.do_sample,
             temperature=o.temperature if o.do_sample else None,
             top_p=o.top_p if o.do_sample else None,
@@ -192,22 +222,30 @@ class Judge:
             output_logits=True,
             return_dict_in_generate=True,
         )
-        with torch.inference_mode():
-            out = m.thinker.generate(**inputs, generation_config=config)
-        first = out.logits[0].float()  # raw logits of the first decoding step, before any sampling warper
-        ids = [m.verdict_token_ids[v] for v in VERDICTS]
-        probs = torch.softmax(first[:, ids], dim=-1).tolist()
-        new = out.sequences[:, inputs["input_ids"].shape[1] :].tolist()
-        by_first_id = {tid: v for v, tid in m.verdict_token_ids.items()}
-        results = []
-        for row, p in zip(new, probs, strict=True):
-            if m.im_end_id in row:
-                row = row[: row.index(m.im_end_id)]
-            raw = m.tokenizer.decode(row, skip_special_tokens=True)
-            if o.verdict_only:
-                verdict, rationale = (by_first_id.get(row[0]) if row else None), None
-            else:
-                verdict = parse_verdict(raw)
-                rationale = raw.split("\n", 1)[1].strip() if "\n" in raw else None
-            results.append((verdict, dict(zip(VERDICTS, p, strict=True)), rationale, raw))
-        return results
+
+    def _first_step_logits(self, inputs: dict[str, Any]) -> Any:
+        """Logits of the first generated token from one forward pass, with the LM head on the last
+        position only (the full-sequence logits of a 7B model with a 152k vocabulary would take GBs)."""
+        thinker = self.model.thinker
+        hidden = thinker.model(**inputs, use_cache=False).last_hidden_state[:, -1, :]
+        return thinker.lm_head(hidden).float()
+
+    def _pick(self, logits: Any) -> Any:
+        """The first token as `generate` would pick it: argmax, or a sample after temperature/top-k/top-p."""
+        import torch
+
+        o = self.options
+        if not o.do_sample:
+            return logits.argmax(dim=-1)
+        from transformers.generation.logits_process import (
+            LogitsProcessorList,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
+
+        warpers = LogitsProcessorList(
+            [TemperatureLogitsWarper(o.temperature), TopKLogitsWarper(o.top_k), TopPLogitsWarper(o.top_p)]
+        )
+        scores = warpers(None, logits)
+        return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)

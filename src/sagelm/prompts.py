@@ -3,7 +3,8 @@
 Instruction prompt (the user turn), from the released training data:
 
     Below are two responses ... Evaluate in terms of **{aspect}** and indicate a better response
-    using 1, 2 or Tie.\\n### Instruction:\\n{question}\\n\\n### Response 1:\\n<audio>\\n\\n### Response 2:\\n<audio>\\n\\n
+    using 1, 2 or Tie.\\n### Instruction:\\n{question}\\n\\n
+    ### Response 1:\\n<audio>\\n\\n### Response 2:\\n<audio>\\n\\n
 
 Chat rendering: LLaMA-Factory's `qwen2_omni` template with the system prompt "You are a helpful assistant."
 (not Qwen's own Omni system prompt). Each `<audio>` placeholder becomes

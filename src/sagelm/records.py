@@ -36,6 +36,7 @@ class Judgment(BaseModel):
     audio_1: str | None = None
     audio_2: str | None = None
     model: str | None = None
+    new_tokens: int | None = None  # tokens the judge generated (the verdict, the rationale, <|im_end|>)
     key: str | None = None
 
     def to_json(self) -> str:
@@ -55,13 +56,19 @@ def file_digest(path: str, chunk: int = 1 << 20) -> str:
 
 
 def judgment_key(
-    audio_digests: tuple[str, str], question: str, aspect: str | None, swapped: bool, model: str, decoding: dict
+    audio_digests: tuple[str, str],
+    question: str,
+    aspect: str | None,
+    swapped: bool,
+    model: str,
+    decoding: dict,
+    row_id: str = "",
 ) -> str:
     """What makes a judgment the same judgment: the audio content, the question, the aspect, the order,
-    the model and the decoding settings."""
+    the model and the decoding settings (and the row id, so that two rows with the same content both count)."""
     payload = json.dumps(
         {"audio": audio_digests, "question": question, "aspect": aspect, "swapped": swapped, "model": model,
-         "decoding": decoding},
+         "decoding": decoding, "id": row_id},
         sort_keys=True,
     )  # fmt: skip
     return hashlib.sha256(payload.encode()).hexdigest()[:32]

@@ -1,0 +1,113 @@
+"""Fixtures: real release data, synthetic clips, and tiny random Qwen2.5-Omni judges built on disk."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+RELEASE = REPO.parent / "shared" / "data" / "sagelm-release"
+DEMO_AUDIO = RELEASE / "demo_audio"
+SR = 16_000
+
+
+@pytest.fixture(scope="session")
+def release() -> Path:
+    assert RELEASE.is_dir(), f"the released SageLM data is expected at {RELEASE}"
+    return RELEASE
+
+
+def tone(seconds: float, freq: float = 440.0, sr: int = SR, amp: float = 0.5) -> np.ndarray:
+    t = np.arange(int(round(seconds * sr))) / sr
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def noise(seconds: float, sr: int = SR, seed: int = 0, amp: float = 0.3) -> np.ndarray:
+    return (amp * np.random.default_rng(seed).standard_normal(int(round(seconds * sr)))).astype(np.float32)
+
+
+def write(path: Path, samples: np.ndarray, sr: int = SR) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), samples, sr)
+    return path
+
+
+@pytest.fixture(scope="session")
+def clips(tmp_path_factory) -> dict[str, Path]:
+    """Short tone and noise clips of different lengths (so batches need padding)."""
+    d = tmp_path_factory.mktemp("clips")
+    return {
+        "tone": write(d / "tone.wav", tone(1.0, 523.0)),
+        "tone_long": write(d / "tone_long.wav", tone(1.7, 660.0)),
+        "noise": write(d / "noise.wav", noise(1.2, seed=1)),
+        "noise_short": write(d / "noise_short.wav", noise(0.6, seed=2)),
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    from sagelm.tiny import build_tiny_judge
+
+    return build_tiny_judge(tmp_path_factory.mktemp("tiny") / "thinker", "thinker")
+
+
+@pytest.fixture(scope="session")
+def tiny_full_dir(tmp_path_factory) -> Path:
+    from sagelm.tiny import build_tiny_judge
+
+    return build_tiny_judge(tmp_path_factory.mktemp("tiny") / "full", "full")
+
+
+TONE_QUESTION = "Which response is the pure tone?"
+
+
+def teach_tone_judge(folder: Path, steps: int = 200, seed: int = 0) -> Path:
+    """A tiny thinker taught, in a few seconds, that the better response is the tone (not the noise), in
+    either position: enough to check audio order, probabilities and swap mapping end to end."""
+    import torch
+
+    from sagelm.audio import Clip
+    from sagelm.encoding import Example, build_inputs
+    from sagelm.tiny import build_feature_extractor, build_thinker, build_tokenizer, save_judge
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    tok, fe = build_tokenizer(), build_feature_extractor()
+    thinker = build_thinker(tok)
+
+    def example() -> Example:
+        a = Clip("tone", tone(rng.uniform(0.5, 1.8), rng.uniform(250, 900)), 1.0)
+        b = Clip("noise", noise(rng.uniform(0.5, 1.8), seed=int(rng.integers(1 << 30))), 1.0)
+        if rng.random() < 0.5:
+            return Example("helpfulness", TONE_QUESTION, a, b, "1\nResponse 1 is the tone.<|im_end|>")
+        return Example("helpfulness", TONE_QUESTION, b, a, "2\nResponse 2 is the tone.<|im_end|>")
+
+    opt = torch.optim.AdamW(thinker.parameters(), lr=2e-3)
+    thinker.train()
+    for _ in range(steps):
+        loss = thinker(**build_inputs(tok, fe, [example() for _ in range(8)], with_answers=True)).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    thinker.eval()
+    return save_judge(folder, thinker, tok, fe, "thinker")
+
+
+@pytest.fixture(scope="session")
+def tone_judge_dir(tmp_path_factory) -> Path:
+    return teach_tone_judge(tmp_path_factory.mktemp("tone") / "judge")
+
+
+@pytest.fixture(scope="session")
+def tone_judge(tone_judge_dir):
+    from sagelm.decoding import DecodingOptions
+    from sagelm.judge import Judge
+
+    return Judge.from_pretrained(str(tone_judge_dir), DecodingOptions(max_new_tokens=16))
