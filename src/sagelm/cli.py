@@ -6,6 +6,7 @@ Commands that need no model import neither torch nor transformers.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Callable, Iterator
@@ -280,6 +281,38 @@ def _judge_dataset(data, output, aspects, model_id, options, both_orders, batch_
         if isinstance(it, BadRow):
             logger.warning("%s", it.error)
     logger.info("%s: wrote %d records (%d with errors)", output, len(todo), errors)
+
+
+# --------------------------------------------------------------------------------------------------------------
+@app.command("eval")
+def eval_(
+    predictions: Annotated[list[Path], typer.Argument(help="OUT.jsonl of sagelm judge, or vllm_infer.py output.")],
+    reference: Annotated[Path | None, typer.Option(help="The SageLM test JSON, paired by row order.")] = None,
+    compat: Annotated[str | None, typer.Option(help="'official': the authors' scripts, quirks included.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Markdown tables on stdout.")] = False,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+) -> None:
+    """Score judgments against reference labels: accuracy, tie-aware agreement, CIs, kappa, order flips."""
+    if compat not in (None, "official"):
+        raise typer.BadParameter("the only compatibility mode is 'official'", param_hint="--compat")
+
+    def go() -> None:
+        from sagelm import report as rep
+        from sagelm import scoring
+
+        if compat == "official":
+            result = scoring.evaluate_official(predictions, reference)
+        else:
+            result = scoring.evaluate(predictions, reference, seed)
+        if json_out:
+            sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        elif markdown:
+            sys.stdout.write(rep.markdown(result))
+        else:
+            rep.print_tables(result, stdout)
+
+    _run(go)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -84,3 +84,12 @@ def parse_instruction(instruction: str) -> tuple[str, str]:
     if m is None:
         raise ValueError("not a SageLM instruction prompt (expected '... Evaluate in terms of **ASPECT** ...')")
     return m.group("aspect"), m.group("question")
+
+
+_ASPECT_RE = re.compile(r"Evaluate in terms of \*\*(.*?)\*\* and indicate a better response using 1, 2 or Tie\.")
+
+
+def find_aspect(text: str) -> str | None:
+    """The aspect named in a judge prompt (plain or chat-rendered), or None; robust to `**` in the question."""
+    m = _ASPECT_RE.search(text)
+    return m.group(1) if m else None

@@ -1,0 +1,169 @@
+import json
+import subprocess
+
+import pytest
+from test_cli import ENV, SAGELM
+
+from sagelm.prompts import instruction_prompt
+from sagelm.scoring import ScoringError, evaluate, evaluate_official
+
+
+def rec(id, aspect, verdict, label, swapped=False, probs=None, audios=("a.wav", "b.wav"), raw=None):
+    return {"id": id, "aspect": aspect, "verdict": verdict, "label": label, "swapped": swapped,
+            "probabilities": probs, "rationale": None, "raw": raw if raw is not None else f"{verdict}\nx",
+            "error": None, "audio_1": audios[0], "audio_2": audios[1]}  # fmt: skip
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_default_scores_by_aspect_not_position(tmp_path):
+    rows = [
+        rec("p1", "honesty", "1", "1"),
+        rec("p1", "helpfulness", "2", "1"),
+        rec("p2", "helpfulness", "Tie", "1", audios=("c.wav", "d.wav")),
+        rec("p2", "honesty", None, "Tie", audios=("c.wav", "d.wav")),
+    ]
+    r = evaluate([write_jsonl(tmp_path / "p.jsonl", rows)])
+    assert (r["overall"]["n"], r["overall"]["accuracy"], r["overall"]["agreement"], r["overall"]["invalid"]) == (
+        4, 0.25, 0.375, 1)  # fmt: skip
+    assert r["groups"]["honesty"]["accuracy"] == 0.5 and r["groups"]["honesty"]["invalid"] == 1
+    assert r["groups"]["helpfulness"]["agreement"] == 0.25
+    assert r["overall"]["labels"] == {"1": 3, "2": 0, "Tie": 1, "invalid": 0}
+    assert r["overall"]["prefer_1"] == pytest.approx(1 / 3)
+
+
+def test_flip_rate_and_debiased_scores(tmp_path):
+    p = {"1": 0.7, "2": 0.2, "Tie": 0.1}
+    rows = [
+        rec("a", "honesty", "1", "1", probs=p), rec("a", "honesty", "1", "1", swapped=True, probs=p),
+        rec("b", "honesty", "1", "2", probs={"1": 0.55, "2": 0.4, "Tie": 0.05}, audios=("c", "d")),
+        rec("b", "honesty", "2", "2", swapped=True, probs={"1": 0.1, "2": 0.8, "Tie": 0.1}, audios=("c", "d")),
+    ]  # fmt: skip
+    r = evaluate([write_jsonl(tmp_path / "p.jsonl", rows)])
+    assert r["overall"]["n"] == 2 and r["overall"]["accuracy"] == 0.5  # plain order only
+    assert r["order"]["flip_rate"] == 0.5
+    assert r["order"]["debiased"]["accuracy"] == 0.5 and r["order"]["debiased"]["agreement"] == 0.75
+    assert r["order"]["debiased_probabilities"]["accuracy"] == 1.0
+
+
+def test_vllm_rows_with_reference_and_length_mismatch(tmp_path, release):
+    ref = json.loads((release / "test_semantic.json").read_text())[:8]
+    (tmp_path / "ref.json").write_text(json.dumps(ref))
+    preds = [{"prompt": "x", "predict": r["output"].split("\n")[0] + "\nok", "label": r["output"]} for r in ref]
+    preds[0]["predict"] = "The first is better"  # no verdict: invalid, not a Tie
+    write_jsonl(tmp_path / "p.jsonl", preds)
+    r = evaluate([tmp_path / "p.jsonl"], tmp_path / "ref.json")
+    assert r["overall"]["n"] == 8 and r["overall"]["invalid"] == 1 and r["overall"]["accuracy"] == 7 / 8
+    assert set(r["groups"]) == {"helpfulness", "honesty", "instruction_following", "truthfulness"}
+    write_jsonl(tmp_path / "short.jsonl", preds[:7])
+    with pytest.raises(ScoringError, match="has 7 judgments but .* has 8 rows"):
+        evaluate([tmp_path / "short.jsonl"], tmp_path / "ref.json")
+
+
+def test_several_runs_mean_std_and_majority(tmp_path):
+    labels = ["1", "2", "Tie", "1"]
+    runs = [["1", "2", "Tie", "2"], ["1", "1", "Tie", "1"], ["2", "2", "1", "1"]]
+    paths = [write_jsonl(tmp_path / f"r{i}.jsonl", [rec(f"p{j}", "honesty", v, lab, audios=(f"{j}a", f"{j}b"))
+             for j, (v, lab) in enumerate(zip(run, labels, strict=True))]) for i, run in enumerate(runs)]  # fmt: skip
+    r = evaluate(paths)
+    assert [x["overall"]["accuracy"] for x in r["runs"]] == [0.75, 0.75, 0.5]
+    assert r["overall"]["accuracy"] == pytest.approx(2 / 3)
+    assert r["overall"]["accuracy_std"] == pytest.approx(0.144337567, abs=1e-6)
+    assert r["majority"]["overall"]["accuracy"] == 1.0  # votes: 1, 2, Tie, 1
+
+
+def _ref_row(aspect, question, label, audios):
+    return {"instruction": instruction_prompt(aspect, question), "input": "", "output": f"{label}\nwhy",
+            "audios": audios}  # fmt: skip
+
+
+def test_official_semantic_uses_position_and_differs_from_default(tmp_path):
+    # rows out of the helpfulness/honesty/instruction_following/truthfulness order
+    aspects = ["honesty", "helpfulness", "instruction_following", "truthfulness"]
+    ref = [_ref_row(a, "Q", "1", ["x.wav", "y.wav"]) for a in aspects]
+    (tmp_path / "ref.json").write_text(json.dumps(ref))
+    preds = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "", "predict": v, "label": "1\nwhy"}
+                                               for v in ["1\n", "2\n", "1\n", "Tie\n"]])  # fmt: skip
+    off = evaluate_official([preds], tmp_path / "ref.json")
+    assert off["groups"]["helpfulness"]["accuracy_pct"] == "100.00%"  # row 0 (honesty) counted as helpfulness
+    assert off["groups"]["honesty"]["accuracy_pct"] == "0.00%"
+    assert off["groups"]["truthfulness"]["agreement_pct"] == "50.00%"
+    ours = evaluate([preds], tmp_path / "ref.json")
+    assert ours["groups"]["honesty"]["accuracy"] == 1.0 and ours["groups"]["helpfulness"]["accuracy"] == 0.0
+
+
+def test_official_first_character_quirk_and_crash_as_error(tmp_path):
+    rest = ("honesty", "instruction_following", "truthfulness")
+    ref = [_ref_row("helpfulness", "Q", "Tie", ["a", "b"])] + [_ref_row(a, "Q", "1", ["a", "b"]) for a in rest]
+    (tmp_path / "ref.json").write_text(json.dumps(ref))
+    preds = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "", "predict": v, "label": ""}
+                                               for v in ["The answer is...", "1", "1", "1"]])  # fmt: skip
+    off = evaluate_official([preds], tmp_path / "ref.json")
+    assert off["groups"]["helpfulness"]["accuracy_pct"] == "100.00%"  # "The..." starts with T: a Tie to them
+    assert evaluate([preds], tmp_path / "ref.json")["overall"]["invalid"] == 1  # to us: no verdict
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "", "predict": v, "label": ""}
+                                               for v in ["Response 1", "1", "1", "1"]])  # fmt: skip
+    with pytest.raises(ScoringError, match=r"row 0: output starts with 'R'.*Wrong format of R"):
+        evaluate_official([bad], tmp_path / "ref.json")
+
+
+def _acoustic_ref():
+    rows = []
+    for aspect in ["emotion instruction following", "gender instruction following",
+                   "character instruction following",
+                   "gender instruction following and emotion instruction following"]:  # fmt: skip
+        rows.append(_ref_row(aspect, "Read this.", "1", ["src-1-5-audio1.wav", "src-1-5-audio2.wav"]))  # TTS
+        rows.append(_ref_row(aspect, "Answer this.", "2", ["src-2-5-audio1.wav", "src-2-6-audio2.wav"]))  # QA
+    rows.append(_ref_row("emotion instruction following", "Q", "Tie",
+                         ["Implicit-Emotion/x-3-1-audio1.wav", "Implicit-Emotion/x-3-2-audio2.wav"]))  # fmt: skip
+    # a question holding ** : the greedy regex misreads its aspect and the authors' script drops the row
+    rows.append(_ref_row("gender instruction following", "Say **this** with a male voice.", "1",
+                         ["src-4-1-audio1.wav", "src-4-1-audio2.wav"]))  # fmt: skip
+    return rows
+
+
+def test_official_acoustic_drops_bold_rows_and_splits_tts_qa(tmp_path):
+    ref = _acoustic_ref()
+    (tmp_path / "ref.json").write_text(json.dumps(ref))
+    verdicts = ["1", "2", "1", "1", "2", "2", "1", "2", "Tie", "2"]  # the last (dropped) row is wrong
+    preds = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "", "predict": v + "\n", "label": ""} for v in verdicts])
+    off = evaluate_official([preds], tmp_path / "ref.json")
+    assert off["dropped"] == 1
+    assert off["groups"]["gender"] == {"n": 2, "accuracy": 0.5, "agreement": 0.5, "accuracy_pct": "50.00%",
+                                       "agreement_pct": "50.00%"}  # fmt: skip
+    assert off["splits"]["gender_tts"]["accuracy"] == 1.0 and off["splits"]["gender_qa"]["accuracy"] == 0.0
+    assert off["groups"]["implicit_emotion"]["n"] == 1 and off["groups"]["emotion"]["n"] == 2
+    ours = evaluate([preds], tmp_path / "ref.json")
+    assert ours["groups"]["gender"]["n"] == 3 and ours["groups"]["gender"]["accuracy"] == pytest.approx(1 / 3)
+
+
+def test_official_reproduces_the_authors_figures_on_the_released_labels(tmp_path, release):
+    """Predictions equal to the labels but for every 7th row: the official figures, computed by hand here
+    the way the authors' semantic script does (count * 400 / len, two decimals)."""
+    ref = json.loads((release / "test_semantic.json").read_text())
+    flip = {"1": "2", "2": "1", "T": "1"}
+    preds = [r["output"] if i % 7 else flip[r["output"][0]] + "\nno" for i, r in enumerate(ref)]
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "", "predict": p, "label": ""} for p in preds])
+    off = evaluate_official([path], release / "test_semantic.json")
+    n = len(ref)
+    for k, name in enumerate(["helpfulness", "honesty", "instruction_following", "truthfulness"]):
+        hits = sum(1 for i in range(k, n, 4) if i % 7)
+        agree = sum(1.0 if i % 7 else (0.5 if ref[i]["output"][0] == "T" else 0.0) for i in range(k, n, 4))
+        assert off["groups"][name]["accuracy_pct"] == f"{hits * 400 / n:.2f}%"
+        assert off["groups"][name]["agreement_pct"] == f"{agree * 400 / n:.2f}%"
+
+
+def test_eval_cli_json_markdown_and_errors(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [rec("p1", "honesty", "1", "1"), rec("p2", "honesty", "2", "1")])
+    p = subprocess.run([SAGELM, "eval", str(path), "--json"], capture_output=True, text=True, env=ENV)
+    out = json.loads(p.stdout)
+    assert p.returncode == 0 and out["overall"]["accuracy"] == 0.5 and out["groups"]["honesty"]["n"] == 2
+    p = subprocess.run([SAGELM, "eval", str(path), "--markdown"], capture_output=True, text=True, env=ENV)
+    assert p.stdout.startswith("| group | n | accuracy | agreement | invalid |")
+    (tmp_path / "bad.jsonl").write_text('{"id": 1}\n')
+    p = subprocess.run([SAGELM, "eval", str(tmp_path / "bad.jsonl")], capture_output=True, text=True, env=ENV)
+    assert p.returncode == 1 and p.stderr.strip() == f"sagelm: error: {tmp_path / 'bad.jsonl'} line 1: neither a " \
+        "sagelm judgment nor a vllm_infer row"
