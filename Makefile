@@ -22,3 +22,4 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/bench_judge.py
+	$(VENV)/bin/python benchmarks/bench_eval.py

@@ -167,3 +167,18 @@ def test_eval_cli_json_markdown_and_errors(tmp_path):
     p = subprocess.run([SAGELM, "eval", str(tmp_path / "bad.jsonl")], capture_output=True, text=True, env=ENV)
     assert p.returncode == 1 and p.stderr.strip() == f"sagelm: error: {tmp_path / 'bad.jsonl'} line 1: neither a " \
         "sagelm judgment nor a vllm_infer row"
+
+
+def test_eval_imports_no_model_code(tmp_path):
+    import sys
+
+    path = write_jsonl(tmp_path / "p.jsonl", [rec("p1", "honesty", "1", "1")])
+    code = (
+        "import sys; from sagelm.cli import main\n"
+        f"sys.argv = ['sagelm', 'eval', {str(path)!r}, '--json']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "heavy = ('torch', 'transformers', 'sagelm.model', 'sagelm.judge')\n"
+        "print([m for m in heavy if m in sys.modules], file=sys.stderr)"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
+    assert p.stderr.strip().endswith("[]")

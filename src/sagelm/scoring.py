@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from os.path import basename
 from pathlib import Path
 
@@ -28,7 +28,7 @@ class ScoringError(ValueError):
     """Files that cannot be scored; the message names the file/row and the problem."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Unit:
     """One judgment of one pair on one aspect: the plain order and, when judged both ways, the swapped one."""
 
@@ -38,12 +38,11 @@ class Unit:
     audios: tuple[str, ...] = ()
     verdict: str | None = None
     probs: list[float] | None = None
-    raw: str = ""
+    head: str = ""  # the first character of the judge's text: all the authors' scripts read of it
     has_plain: bool = False
     swapped_verdict: str | None = None
     swapped_probs: list[float] | None = None
     has_swapped: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 def _lines(path: Path) -> Iterator[tuple[int, dict]]:
@@ -75,7 +74,7 @@ def read_predictions(path: str | Path) -> list[Unit]:
             predict = obj.get("predict") or ""
             units[(n,)] = Unit(
                 id=str(n), aspect=find_aspect(obj.get("prompt", "")), label=label_of(obj.get("label")),
-                verdict=parse_verdict(predict), raw=predict, has_plain=True,
+                verdict=parse_verdict(predict), head=predict[:1], has_plain=True,
             )  # fmt: skip
             continue
         if "verdict" not in obj or "id" not in obj:
@@ -90,7 +89,7 @@ def read_predictions(path: str | Path) -> list[Unit]:
             u.has_swapped = True
         else:
             u.verdict, u.probs, u.has_plain = obj.get("verdict"), _probs(obj.get("probabilities")), True
-            u.raw = obj.get("raw") or ""
+            u.head = (obj.get("raw") or "")[:1]
     return list(units.values())
 
 
@@ -265,7 +264,7 @@ def evaluate_official(predictions: Sequence[str | Path], reference: str | Path |
             raise ScoringError(f"{p}: official scoring takes one judgment per row, not both orders")
         if len(units) != len(refs):
             raise ScoringError(f"{p} has {len(units)} judgments but {reference} has {len(refs)} rows")
-        texts = [u.raw if u.has_plain else "" for u in units]
+        texts = [u.head if u.has_plain else "" for u in units]
         try:
             res = script(refs, texts)
         except OfficialScriptError as e:

@@ -1,0 +1,81 @@
+"""`sagelm eval` on 400,000 rows vs the authors' approach to scoring (run on demand).
+
+The baseline below does what the authors' semantic script (IronBeliever/SageLM, LLaMA-Factory/judge-eval/)
+does: load the reference JSON and the predictions whole, then one loop comparing first characters. Each
+contender runs in its own process, which prints its wall time and peak RSS.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+N = 400_000
+CHILD = r"""
+import json, resource, sys, time
+t = time.perf_counter()
+mode, ref, pred = sys.argv[1:4]
+if mode == "baseline":
+    gt = json.load(open(ref)); pr = [json.loads(l) for l in open(pred)]
+    assert len(gt) == len(pr)
+    score = {"1": 1, "2": -1, "T": 0}
+    hits = [0] * 4; agree = [0.0] * 4
+    for i, (g, p) in enumerate(zip(gt, pr)):
+        a, b = g["output"][0], p["predict"][0]
+        hits[i % 4] += a == b
+        r1, r2 = score[a], score[b]
+        agree[i % 4] += 1 if r1 == r2 else (0.5 if r1 * r2 == 0 else 0)
+    out = [h * 400 / len(pr) for h in hits]
+else:
+    from sagelm import scoring
+    if mode == "official":
+        out = scoring.evaluate_official([pred], ref)
+    elif mode == "default":
+        out = scoring.evaluate([pred], ref)
+    else:
+        out = scoring.evaluate([pred])
+print(json.dumps({"seconds": time.perf_counter() - t,
+                  "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def main() -> None:
+    release = Path(__file__).resolve().parents[2] / "shared" / "data" / "sagelm-release" / "test_semantic.json"
+    rows = json.loads(release.read_text())
+    with tempfile.TemporaryDirectory() as d:
+        ref, pred, inline = Path(d) / "ref.json", Path(d) / "pred.jsonl", Path(d) / "judged.jsonl"
+        big = [rows[i % len(rows)] for i in range(N)]
+        ref.write_text(json.dumps(big))
+        with pred.open("w") as f, inline.open("w") as g:
+            for i, r in enumerate(big):
+                v = r["output"].split("\n")[0] if i % 5 else "1"
+                row = {"prompt": r["instruction"], "predict": v + "\nBecause ...", "label": r["output"]}
+                f.write(json.dumps(row) + "\n")
+                label = r["output"].split("\n")[0]
+                record = {"id": f"r{i}", "aspect": "honesty", "verdict": v, "label": label, "swapped": False,
+                          "probabilities": None, "raw": v + "\nBecause ...", "audio_1": r["audios"][0],
+                          "audio_2": r["audios"][1]}  # fmt: skip
+                g.write(json.dumps(record) + "\n")
+        mib = 2**20
+        sizes = ref.stat().st_size / mib, pred.stat().st_size / mib
+        print(f"{N:,} rows; reference {sizes[0]:.0f} MiB, predictions {sizes[1]:.0f} MiB")
+        runs = [("authors' approach (baseline)", "baseline", pred), ("sagelm eval --compat official", "official", pred),
+                ("sagelm eval --reference (full report)", "default", pred),
+                ("sagelm eval, labels inside the records", "inline", inline)]
+        results = {}
+        for name, mode, p in runs:
+            out = subprocess.run([sys.executable, "-c", CHILD, mode, str(ref), str(p)], capture_output=True, text=True)
+            if out.returncode:
+                raise SystemExit(out.stderr)
+            results[name] = json.loads(out.stdout.strip().splitlines()[-1])
+        base = results["authors' approach (baseline)"]
+        for name, r in results.items():
+            print(f"{name:42s} {r['seconds']:6.2f} s  peak {r['peak_mib']:7.0f} MiB   "
+                  f"time x{r['seconds'] / base['seconds']:.2f}  memory x{r['peak_mib'] / base['peak_mib']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
