@@ -56,12 +56,12 @@ def _run(fn: Callable[[], Any]) -> Any:
     except (typer.Exit, click.ClickException):
         raise
     except Exception as e:
-        if _state["debug"] or not isinstance(e, _user_errors()):
-            if not _state["debug"] and not isinstance(e, _user_errors()):
-                stderr.print(f"sagelm: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
-                             markup=False, highlight=False)  # fmt: skip
-                raise typer.Exit(3) from None
+        if _state["debug"]:
             raise
+        if not isinstance(e, _user_errors()):
+            stderr.print(f"sagelm: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+                         markup=False, highlight=False)  # fmt: skip
+            raise typer.Exit(3) from None
         stderr.print(f"sagelm: error: {e}", markup=False, highlight=False)
         raise typer.Exit(1) from None
 
