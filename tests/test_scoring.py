@@ -95,6 +95,21 @@ def test_official_semantic_uses_position_and_differs_from_default(tmp_path):
     assert ours["groups"]["honesty"]["accuracy"] == 1.0 and ours["groups"]["helpfulness"]["accuracy"] == 0.0
 
 
+def test_official_several_runs_mean_and_std(tmp_path):
+    ref = [_ref_row(a, "Q", "1", ["x.wav", "y.wav"]) for a in ("helpfulness", "honesty", "instruction_following",
+                                                               "truthfulness")]  # fmt: skip
+    (tmp_path / "ref.json").write_text(json.dumps(ref))
+    runs = [["1", "1", "1", "1"], ["2", "1", "1", "1"]]
+    paths = [write_jsonl(tmp_path / f"r{i}.jsonl", [{"prompt": "", "predict": v, "label": ""} for v in run])
+             for i, run in enumerate(runs)]  # fmt: skip
+    off = evaluate_official(paths, tmp_path / "ref.json")
+    assert [r["groups"]["helpfulness"]["accuracy_pct"] for r in off["runs"]] == ["100.00%", "0.00%"]
+    assert off["groups"]["helpfulness"]["accuracy"] == 0.5
+    assert off["groups"]["helpfulness"]["accuracy_std"] == pytest.approx(0.70710678)
+    assert off["groups"]["honesty"]["accuracy_std"] == 0.0
+    assert off["overall"]["accuracy"] == pytest.approx(0.875)
+
+
 def test_official_first_character_quirk_and_crash_as_error(tmp_path):
     rest = ("honesty", "instruction_following", "truthfulness")
     ref = [_ref_row("helpfulness", "Q", "Tie", ["a", "b"])] + [_ref_row(a, "Q", "1", ["a", "b"]) for a in rest]

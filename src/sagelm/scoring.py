@@ -206,20 +206,26 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
+def _across_runs(reports: list[dict], keys: tuple[str, ...]) -> dict:
+    """`overall` and `groups` cells as mean and std of `keys` across runs (groups present in every run)."""
+
+    def merge(cells: list[dict]) -> dict:
+        merged = {"n": cells[0]["n"]}
+        for k in keys:
+            merged[k], merged[f"{k}_std"] = _mean_std([c[k] for c in cells])
+        return merged
+
+    groups = {
+        g: merge([r["groups"][g] for r in reports])
+        for g in reports[0]["groups"]
+        if all(g in r["groups"] for r in reports)
+    }
+    return {"overall": merge([r["overall"] for r in reports]), "groups": groups}
+
+
 def combine_runs(reports: list[dict], runs: list[list[Unit]], seed: int = 0) -> dict:
     """Several runs of the same rows: each run's report, mean +- std across runs, and the majority vote."""
-    out: dict = {"runs": reports}
-    for section in ("overall", *[f"groups.{g}" for g in reports[0]["groups"]]):
-        cells = [r["overall"] if section == "overall" else r["groups"].get(section[7:]) for r in reports]
-        if any(c is None for c in cells):
-            continue
-        merged = {"n": cells[0]["n"]}
-        for k in ("accuracy", "agreement", "invalid"):
-            merged[k], merged[f"{k}_std"] = _mean_std([c[k] for c in cells])
-        if section == "overall":
-            out["overall"] = merged
-        else:
-            out.setdefault("groups", {})[section[7:]] = merged
+    out: dict = {"runs": reports, **_across_runs(reports, ("accuracy", "agreement", "invalid"))}
     n = {len(r) for r in runs}
     if len(n) != 1:
         raise ScoringError(f"the prediction files hold different numbers of judgments ({sorted(n)})")
@@ -274,14 +280,4 @@ def evaluate_official(predictions: Sequence[str | Path], reference: str | Path |
         results.append(res)
     if len(results) == 1:
         return results[0]
-    out = {"runs": results, "compat": "official", "groups": {}}
-    for name in results[0]["groups"]:
-        cell = {"n": results[0]["groups"][name]["n"]}
-        for k in ("accuracy", "agreement"):
-            cell[k], cell[f"{k}_std"] = _mean_std([r["groups"][name][k] for r in results])
-        out["groups"][name] = cell
-    cell = {"n": results[0]["overall"]["n"]}
-    for k in ("accuracy", "agreement"):
-        cell[k], cell[f"{k}_std"] = _mean_std([r["overall"][k] for r in results])
-    out["overall"] = cell
-    return out
+    return {"runs": results, "compat": "official", **_across_runs(results, ("accuracy", "agreement"))}
