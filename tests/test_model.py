@@ -1,5 +1,6 @@
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -37,3 +38,31 @@ def test_missing_folder_and_non_checkpoint_folder(tmp_path):
         load_judge_model(str(tmp_path / "nope"))
     with pytest.raises(ModelFormatError, match="no config.json"):
         load_judge_model(str(tmp_path))
+
+
+def test_merge_puts_the_trained_thinker_into_the_full_checkpoint(tmp_path, tone_judge_dir, tiny_full_dir):
+    from safetensors.numpy import load_file
+
+    from sagelm.model import merge_into_full
+
+    out = merge_into_full(tone_judge_dir, str(tiny_full_dir), tmp_path / "merged")
+    merged = {k: v for f in out.glob("*.safetensors") for k, v in load_file(str(f)).items()}
+    trained = load_file(str(tone_judge_dir / "model.safetensors"))
+    base = {k: v for f in tiny_full_dir.glob("*.safetensors") for k, v in load_file(str(f)).items()}
+    assert {k for k in merged if k.startswith("thinker.")} == {f"thinker.{k}" for k in trained}
+    assert all(np.array_equal(merged[f"thinker.{k}"], v) for k, v in trained.items())
+    others = [k for k in base if not k.startswith("thinker.")]
+    assert others and all(np.array_equal(merged[k], base[k]) for k in others)  # talker, token2wav untouched
+    judge = load_judge_model(str(out))  # and it loads as a judge, with the trained weights
+    assert np.array_equal(judge.thinker.lm_head.weight.detach().numpy(), trained["lm_head.weight"])
+
+
+def test_merge_refuses_what_does_not_fit(tmp_path, tone_judge_dir, tiny_dir):
+    from sagelm.model import ModelFormatError, merge_into_full
+    from sagelm.tiny import TinySpec, build_tiny_judge
+
+    with pytest.raises(ModelFormatError, match="not a full Qwen2.5-Omni checkpoint"):
+        merge_into_full(tone_judge_dir, str(tiny_dir), tmp_path / "x")
+    wide = build_tiny_judge(tmp_path / "wide", "full", TinySpec(hidden_size=128))
+    with pytest.raises(ModelFormatError, match="does not fit the thinker"):
+        merge_into_full(tone_judge_dir, str(wide), tmp_path / "y")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ AUDIO_TOKENS_PER_SECOND = FRAMES_PER_SECOND // 4  # conv stride 2, then average 
 MAX_AUDIO_SECONDS = 60  # SageLM was trained on the first 60 s of each response
 MAX_SAMPLES = MAX_AUDIO_SECONDS * SAMPLE_RATE  # 960,000 samples -> 6,000 frames -> 1,500 audio tokens
 MIN_FRAMES = 3  # fewer mel frames than this make no audio token at all
+AUDIO_CACHE_SIZE = 16  # clips kept decoded: a pair judged on several aspects and in both orders loads once
 SILENCE_PEAK = 1e-4  # below this peak amplitude a clip holds nothing to hear
 
 
@@ -141,3 +143,26 @@ def log_mel_batch(clips: Sequence[Clip], feature_extractor: Any) -> tuple[np.nda
     features = np.ascontiguousarray(out["input_features"][:, :, :longest], dtype=np.float32)
     mask = (np.arange(longest)[None, :] < np.asarray(lengths)[:, None]).astype(np.int64)
     return features, mask
+
+
+class ClipCache:
+    """Decoded clips by path, least recently used dropped first; a failure is remembered and raised again."""
+
+
+    def __init__(self, size: int = AUDIO_CACHE_SIZE):
+        self.size = size
+        self._items: OrderedDict[str, Clip | AudioError] = OrderedDict()
+
+    def get(self, path: str) -> Clip:
+        if path not in self._items:
+            try:
+                self._items[path] = load_audio(path)
+            except AudioError as e:
+                self._items[path] = e
+            if len(self._items) > self.size:
+                self._items.popitem(last=False)
+        self._items.move_to_end(path)
+        item = self._items[path]
+        if isinstance(item, AudioError):
+            raise item
+        return item

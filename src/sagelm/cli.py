@@ -29,24 +29,25 @@ class UserError(Exception):
     """A problem with the user's files, flags or data: reported in one line, exit status 1."""
 
 
+# Error types that are the user's to fix, by module; a module is only looked at once some command imported it, so
+# that commands which need no model never import torch to classify an error.
+_USER_ERRORS = {
+    "sagelm.model": ("ModelUnavailableError", "ModelFormatError"),
+    "sagelm.scoring": ("ScoringError",),
+    "sagelm.training": ("TrainConfigError",),
+    "sagelm.synth": ("SynthError",),
+}
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     from sagelm.aspects import UnknownAspectError
     from sagelm.audio import AudioError
     from sagelm.data import DataError
 
     errors: list[type[BaseException]] = [UserError, UnknownAspectError, AudioError, DataError, FileNotFoundError]
-    if "sagelm.model" in sys.modules:
-        from sagelm.model import ModelFormatError, ModelUnavailableError
-
-        errors += [ModelUnavailableError, ModelFormatError]
-    if "sagelm.scoring" in sys.modules:
-        from sagelm.scoring import ScoringError
-
-        errors.append(ScoringError)
-    if "sagelm.training" in sys.modules:
-        from sagelm.training import TrainConfigError
-
-        errors.append(TrainConfigError)
+    for module, names in _USER_ERRORS.items():
+        if module in sys.modules:
+            errors += [getattr(sys.modules[module], n) for n in names]
     return tuple(errors)
 
 
@@ -360,8 +361,12 @@ def tiny_model(
     folder: Annotated[Path, typer.Argument(help="Where to save the checkpoint.")],
     layout: Annotated[str, typer.Option(help="thinker (as training saves) or full (as released).")] = "thinker",
     seed: Annotated[int, typer.Option()] = 0,
+    hidden_size: Annotated[int, typer.Option(min=16, help="Text model width.")] = 64,
+    layers: Annotated[int, typer.Option(min=1, help="Text model layers.")] = 2,
+    audio_width: Annotated[int, typer.Option(min=16, help="Audio encoder width.")] = 64,
+    audio_layers: Annotated[int, typer.Option(min=1, help="Audio encoder layers.")] = 2,
 ) -> None:
-    """Build a tiny random Qwen2.5-Omni judge (for trying the tool on a laptop; it judges at random)."""
+    """Build a tiny random Qwen2.5-Omni judge (to try the tool or train on a laptop; untrained, it judges at random)."""
 
     def go() -> None:
         if layout not in ("thinker", "full"):
@@ -369,8 +374,112 @@ def tiny_model(
         _quiet_transformers()
         from sagelm.tiny import TinySpec, build_tiny_judge
 
-        build_tiny_judge(folder, layout, TinySpec(seed=seed))  # type: ignore[arg-type]
+        spec = TinySpec(hidden_size=hidden_size, layers=layers, audio_width=audio_width, audio_layers=audio_layers,
+                        seed=seed)  # fmt: skip
+        build_tiny_judge(folder, layout, spec)  # type: ignore[arg-type]
         stderr.print(f"saved a tiny random judge ({layout}) to {folder}")
+
+    _run(go)
+
+
+# --------------------------------------------------------------------------------------------------------------
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="Training YAML (LLaMA-Factory key names).")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value settings over the YAML's.")] = None,
+) -> None:
+    """Fine-tune a judge on judge data; saves a checkpoint that `sagelm judge --model` loads."""
+
+    def go() -> None:
+        from sagelm.training import load_config
+
+        cfg = load_config(config, overrides or [])  # all checks before any work
+        _quiet_transformers()
+        from sagelm.training import train as run
+
+        with _progress() as progress:
+            bars: dict[str, Any] = {}
+
+            def on_progress(label: str, step: int, total: int) -> None:
+                if label not in bars:
+                    bars[label] = progress.add_task(f"training {label}", total=total)
+                progress.update(bars[label], completed=step, total=total)
+
+            results = run(cfg, on_progress)
+        for r in results:
+            loss = f"{r.final_loss:.4f}" if r.final_loss is not None else "n/a"
+            stderr.print(f"stage {r.index}: {r.counts['kept']} samples ({r.counts['too_long']} too long, "
+                         f"{r.counts['bad_audio'] + r.counts['bad_rows']} bad), {r.steps} steps, "
+                         f"final loss {loss}, {r.seconds:.0f} s", highlight=False)  # fmt: skip
+        stderr.print(f"judge saved to {cfg.output_dir} (sagelm judge --model {cfg.output_dir})", highlight=False)
+
+    _run(go)
+
+
+@app.command()
+def merge(
+    thinker: Annotated[Path, typer.Argument(help="A trained thinker checkpoint (sagelm train's output_dir).")],
+    base: Annotated[str, typer.Option(help="The full Qwen2.5-Omni checkpoint it came from (hub id or folder).")],
+    out: Annotated[Path, typer.Option(help="Where to write the full checkpoint.")],
+) -> None:
+    """Merge a trained thinker back into a full Qwen2.5-Omni checkpoint (talker included), as SageLM was released."""
+
+    def go() -> None:
+        _quiet_transformers()
+        from sagelm.model import merge_into_full
+
+        merge_into_full(thinker, base, out)
+        stderr.print(f"full checkpoint written to {out}", highlight=False)
+
+    _run(go)
+
+
+export_app = typer.Typer(no_args_is_help=True, help="Write judge data for other tools.")
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("llamafactory")
+def export_llamafactory(
+    data: Annotated[list[Path], typer.Argument(help="Data files: SageLM JSON lists or JSONL rows.")],
+    out: Annotated[Path, typer.Option(help="LLaMA-Factory dataset folder to write.")],
+    model: Annotated[str, typer.Option(help="model_name_or_path in the YAML.")] = "Qwen/Qwen2.5-Omni-7B",
+    output_dir: Annotated[str, typer.Option(help="output_dir in the YAML.")] = "saves/sagelm",
+) -> None:
+    """Data, dataset_info.json entries and the authors' training YAML, for LLaMA-Factory."""
+
+    def go() -> None:
+        from sagelm.llamafactory import export
+
+        names, problems = export(data, out, model, output_dir)
+        for p in problems:
+            logger.warning("%s", p)
+        stderr.print(f"wrote {', '.join(names)} to {out}; train with: llamafactory-cli train {out / 'sagelm_sft.yaml'}",
+                     highlight=False)  # fmt: skip
+
+    _run(go)
+
+
+synth_app = typer.Typer(no_args_is_help=True, help="Make synthetic judge data.")
+app.add_typer(synth_app, name="synth")
+
+
+@synth_app.command("gender")
+def synth_gender(
+    out: Annotated[Path, typer.Argument(help="Folder for train.json, heldout.json and audio/.")],
+    train_pairs: Annotated[int, typer.Option(min=1)] = 300,
+    heldout_pairs: Annotated[int, typer.Option(min=1)] = 100,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """A gender-instruction-following set spoken by espeak-ng voices; held-out voices and sentences for testing."""
+
+    def go() -> None:
+        from sagelm.synth import make_gender_set
+
+        with _progress() as progress:
+            bar = progress.add_task("speaking", total=None)
+            train_file, heldout_file = make_gender_set(out, train_pairs, heldout_pairs, seed,
+                                                       on_clip=lambda: progress.advance(bar))  # fmt: skip
+        stderr.print(f"wrote {train_file} and {heldout_file}", highlight=False)
 
     _run(go)
 

@@ -2,7 +2,7 @@
 
 JSON list (Alpaca columns): `instruction` holds the full judge prompt (the aspect and the question are read
 back out of it), `output` starts with the label, `audios` lists the two responses.
-JSONL: one `{"id", "instruction", "audio_1", "audio_2", "aspect"?, "label"?}` object per line, where
+JSONL: one `{"id", "instruction", "audio_1", "audio_2", "aspect"?, "label"?, "output"?}` object per line, where
 `instruction` is the question asked of the speech systems.
 Relative audio paths resolve against the data file's folder, then the working directory.
 """
@@ -54,6 +54,7 @@ class _JsonlRow(BaseModel):
     audio_2: str
     aspect: str | None = None
     label: str | None = None
+    output: str | None = None  # a reference answer, "2\nResponse 2 ...", as training wants
 
     @field_validator("label")
     @classmethod
@@ -115,13 +116,16 @@ def _alpaca_pair(row: object, rid: str, base: Path) -> Pair:
 
 def _jsonl_pair(row: object, rid: str, base: Path) -> Pair:
     r = _JsonlRow.model_validate(row)
+    if r.label is not None and r.output is not None and parse_verdict(r.label) != label_of(r.output):
+        raise ValueError(f"label {r.label!r} disagrees with the verdict that starts output {r.output[:20]!r}")
     return Pair(
         id=str(r.id),
         question=r.instruction,
         audio_1=resolve_audio(r.audio_1, base),
         audio_2=resolve_audio(r.audio_2, base),
         aspect=_check_aspect(r.aspect),
-        label=parse_verdict(r.label) if r.label is not None else None,
+        label=parse_verdict(r.label) if r.label is not None else label_of(r.output),
+        reference=r.output,
     )
 
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sagelm.aspects import SEMANTIC_ASPECTS, get_aspect
-from sagelm.audio import AudioError, Clip, load_audio
+from sagelm.audio import AudioError, ClipCache
 from sagelm.data import Pair
 from sagelm.decoding import DecodingOptions
 from sagelm.encoding import Example, build_inputs
@@ -19,9 +18,6 @@ from sagelm.records import Judgment, file_digest, judgment_key
 from sagelm.verdicts import VERDICTS, parse_verdict, swap_probabilities, swap_verdict
 
 logger = logging.getLogger(__name__)
-
-AUDIO_CACHE_SIZE = 16  # clips kept decoded: a pair judged on several aspects and in both orders loads once
-
 
 @dataclass(frozen=True)
 class Task:
@@ -41,26 +37,6 @@ def plan(pairs: Iterable[Pair], aspects: Sequence[str] | None = None, both_order
             yield Task(pair, aspect, False)
             if both_orders:
                 yield Task(pair, aspect, True)
-
-
-class _ClipCache:
-    def __init__(self, size: int = AUDIO_CACHE_SIZE):
-        self.size = size
-        self._items: OrderedDict[str, Clip | AudioError] = OrderedDict()
-
-    def get(self, path: str) -> Clip:
-        if path not in self._items:
-            try:
-                self._items[path] = load_audio(path)
-            except AudioError as e:
-                self._items[path] = e
-            if len(self._items) > self.size:
-                self._items.popitem(last=False)
-        self._items.move_to_end(path)
-        item = self._items[path]
-        if isinstance(item, AudioError):
-            raise item
-        return item
 
 
 class TaskKeys:
@@ -98,7 +74,7 @@ class Judge:
         self.model = model
         self.options = options
         self.keys = keys or TaskKeys(model.name, options)
-        self._clips = _ClipCache()
+        self._clips = ClipCache()
 
     @classmethod
     def from_pretrained(

@@ -8,6 +8,7 @@ full checkpoint's `thinker_config` and `thinker.*` weights and skips the rest.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -148,3 +149,68 @@ def load_judge_model(model: str = DEFAULT_MODEL, device: str | None = None, dtyp
         raise ModelFormatError(f"{path}: cannot load a Qwen2.5-Omni thinker ({str(e).splitlines()[0]})") from None
     thinker.to(device).eval()
     return JudgeModel(name=model, thinker=thinker, tokenizer=tokenizer, feature_extractor=feature_extractor)
+
+
+def _tensor_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.safetensors"))
+
+
+def merge_into_full(thinker_dir: str | Path, base: str, out: str | Path) -> Path:
+    """Put a trained thinker back into a full Qwen2.5-Omni checkpoint, as the authors released SageLM.
+
+    Shard by shard: every `thinker.*` tensor of `base` is replaced by the trained one (in the shard's dtype),
+    everything else (talker, token2wav, speaker dictionary, configs, shard index) is copied as is. Only one
+    shard is held in memory at a time. `out` loads in `sagelm judge` and in Qwen2.5-Omni's own code.
+    """
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    thinker_path = resolve_checkpoint(str(thinker_dir))
+    base_path = resolve_checkpoint(base)
+    config_file = base_path / "config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    if "thinker_config" not in config or "talker_config" not in config:
+        raise ModelFormatError(f"{base_path}: not a full Qwen2.5-Omni checkpoint (no thinker_config/talker_config)")
+    tokenizer, feature_extractor = load_processor(thinker_path)
+    trained_files = _tensor_files(thinker_path)
+    if not trained_files:
+        raise ModelFormatError(f"{thinker_path}: no .safetensors weights")
+    where = {}
+    for f in trained_files:
+        with safe_open(str(f), framework="pt") as g:
+            where.update({k: f for k in g.keys()})
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    for shard in _tensor_files(base_path):
+        tensors = {}
+        with safe_open(str(shard), framework="pt") as g:
+            metadata = g.metadata()
+            for key in g.keys():
+                t = g.get_tensor(key)
+                if key.startswith("thinker."):
+                    name = key.removeprefix("thinker.")
+                    if name not in where:
+                        raise ModelFormatError(f"{thinker_path} does not fit the thinker of {base_path} (no {name})")
+                    with safe_open(str(where[name]), framework="pt") as h:
+                        new = h.get_tensor(name)
+                    if new.shape != t.shape:
+                        raise ModelFormatError(f"{thinker_path} does not fit the thinker of {base_path} "
+                                               f"({name}: {tuple(new.shape)} vs {tuple(t.shape)})")  # fmt: skip
+                    t = new.to(t.dtype)
+                    used.add(name)
+                tensors[key] = t
+        save_file(tensors, str(out / shard.name), metadata=metadata or {"format": "pt"})
+    unused = set(where) - used
+    if unused:
+        raise ModelFormatError(f"{thinker_path} does not fit the thinker of {base_path} "
+                               f"({len(unused)} trained tensors have no place, e.g. {sorted(unused)[0]})")  # fmt: skip
+    for f in base_path.iterdir():
+        if f.is_file() and f.suffix != ".safetensors":
+            shutil.copy2(f, out / f.name)
+    tokenizer.save_pretrained(out)
+    feature_extractor.save_pretrained(out)
+    logger.info("merged the thinker of %s into %s -> %s", thinker_path, base_path, out)
+    return out

@@ -1,0 +1,129 @@
+"""The LLaMA-Factory route: the authors' training recipe, and exporting judge data for their fork.
+
+`RECIPE` is the authors' `examples/judge/qwen2.5_omni_7B_compare_1_aspect.yaml` (IronBeliever/SageLM),
+key for key and in order; `sagelm train` takes its defaults from it. `export` writes data files in the
+SageLM / LLaMA-Factory JSON columns, their `dataset_info.json` entries, and that YAML with the data filled in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sagelm.data import BadRow, read_pairs
+from sagelm.prompts import instruction_prompt
+
+logger = logging.getLogger(__name__)
+
+BASE_MODEL = "Qwen/Qwen2.5-Omni-7B"  # what SageLM was fine-tuned from
+TEMPLATE = "qwen2_omni"  # LLaMA-Factory's chat template for Qwen2.5-Omni (judge-protocol.md)
+DS_Z2_CONFIG = "examples/deepspeed/ds_z2_config.json"  # inside a LLaMA-Factory checkout
+
+RECIPE: dict[str, Any] = {
+    # model
+    "model_name_or_path": BASE_MODEL,
+    "trust_remote_code": True,
+    # method
+    "stage": "sft",
+    "do_train": True,
+    "finetuning_type": "full",
+    "deepspeed": DS_Z2_CONFIG,
+    # dataset
+    "dataset": None,
+    "template": TEMPLATE,
+    "cutoff_len": 4096,
+    "overwrite_cache": True,
+    "preprocessing_num_workers": 16,
+    "dataloader_num_workers": 0,
+    # output
+    "output_dir": None,
+    "logging_steps": 20,
+    "save_steps": 80000,
+    "plot_loss": True,
+    "overwrite_output_dir": True,
+    "save_only_model": False,
+    "report_to": "none",
+    # train
+    "per_device_train_batch_size": 2,
+    "gradient_accumulation_steps": 2,
+    "learning_rate": 1.0e-5,
+    "num_train_epochs": 3.0,
+    "lr_scheduler_type": "cosine",
+    "warmup_ratio": 0.1,
+    "bf16": True,
+    "ddp_timeout": 180000000,
+    "resume_from_checkpoint": None,
+}
+
+COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "audios": "audios"}
+
+
+def dataset_entry(file_name: str) -> dict[str, Any]:
+    """A `dataset_info.json` entry for a SageLM JSON file (data-formats.md)."""
+    return {"file_name": file_name, "columns": dict(COLUMNS)}
+
+
+def _rows(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    rows: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for pair in read_pairs(path):
+        if isinstance(pair, BadRow):
+            problems.append(pair.error)
+            continue
+        where = f"{path} row {pair.id}"
+        output = pair.reference if pair.reference is not None else pair.label
+        if output is None:
+            problems.append(f"{where}: no label to train on")
+            continue
+        if pair.aspect is None:
+            problems.append(f"{where}: no aspect (give it in the prompt or an 'aspect' field)")
+            continue
+        rows.append({
+            "instruction": instruction_prompt(pair.aspect, pair.question),
+            "input": "",
+            "output": output,
+            # Absolute: LLaMA-Factory joins media_dir with the path, which keeps an absolute path as is.
+            "audios": [str(Path(pair.audio_1).resolve()), str(Path(pair.audio_2).resolve())],
+        })  # fmt: skip
+    return rows, problems
+
+
+def recipe_yaml(datasets: Sequence[str], dataset_dir: str, model: str, output_dir: str) -> str:
+    """The authors' YAML with the model, data and output filled in (keys in their order)."""
+    import yaml
+
+    recipe = dict(RECIPE)
+    recipe.update(model_name_or_path=model, dataset=",".join(datasets), output_dir=output_dir)
+    items = list(recipe.items())
+    at = [k for k, _ in items].index("template")
+    items.insert(at, ("dataset_dir", dataset_dir))
+    return yaml.safe_dump(dict(items), sort_keys=False)
+
+
+def export(
+    data: Sequence[str | Path], out: str | Path, model: str = BASE_MODEL, output_dir: str = "saves/sagelm"
+) -> tuple[list[str], list[str]]:
+    """Write each data file as `out/NAME.json`, register them in `out/dataset_info.json` (merged with what is
+    there), and write `out/sagelm_sft.yaml`. Returns (dataset names, one-line problems of skipped rows)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    info_path = out / "dataset_info.json"
+    info: dict[str, Any] = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
+    names: list[str] = []
+    problems: list[str] = []
+    for path in map(Path, data):
+        rows, bad = _rows(path)
+        problems += bad
+        name = path.stem
+        while name in names:
+            name += "_"
+        (out / f"{name}.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        info[name] = dataset_entry(f"{name}.json")
+        names.append(name)
+        logger.info("%s: %d rows -> %s (%d skipped)", path, len(rows), out / f"{name}.json", len(bad))
+    info_path.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    (out / "sagelm_sft.yaml").write_text(recipe_yaml(names, str(out.resolve()), model, output_dir), encoding="utf-8")
+    return names, problems

@@ -1,0 +1,211 @@
+"""Training samples: judge data rows turned into (prompt, two clips, answer), checked before training starts.
+
+A sample is what `sagelm judge` would be asked (same aspect, question, clips and prompt rendering) plus the
+answer the judge should write, `{verdict}\\n{rationale}<|im_end|>`. `prepare` decodes every clip once (bad
+audio is found before the first step, not in the middle of an epoch), counts each sample's tokens with its
+audio tokens, and drops those longer than the cutoff, counting them, instead of truncating them silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from sagelm.audio import AudioError, ClipCache, load_audio
+from sagelm.data import BadRow, DataError, read_pairs
+from sagelm.encoding import Example
+from sagelm.prompts import IM_END, judge_text
+from sagelm.verdicts import Verdict, parse_verdict, swap_verdict
+
+logger = logging.getLogger(__name__)
+
+_RESPONSE_RE = re.compile(r"\b(response)(\s*)([12])\b", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Sample:
+    id: str
+    aspect: str
+    question: str
+    audio_1: str
+    audio_2: str
+    verdict: Verdict
+    rationale: str  # may be empty: then the target is the verdict alone
+    swapped: bool = False
+
+    @property
+    def answer(self) -> str:
+        """The target text: `{verdict}\\n{rationale}<|im_end|>` (prompts.ANSWER_TEMPLATE)."""
+        body = f"{self.verdict}\n{self.rationale}" if self.rationale else self.verdict
+        return body + IM_END
+
+
+def swap_rationale(text: str) -> str:
+    """The rationale with "Response 1" and "Response 2" exchanged, for the pair presented the other way.
+
+    >>> swap_rationale("Response 1 uses woman's voice, response 2 uses man's voice.")
+    "Response 2 uses woman's voice, response 1 uses man's voice."
+    """
+    return _RESPONSE_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}{3 - int(m.group(3))}", text)
+
+
+def swapped(sample: Sample) -> Sample:
+    """The same judgment with the two responses presented in the other order."""
+    return replace(
+        sample,
+        audio_1=sample.audio_2,
+        audio_2=sample.audio_1,
+        verdict=swap_verdict(sample.verdict),  # type: ignore[arg-type]
+        rationale=swap_rationale(sample.rationale),
+        swapped=not sample.swapped,
+    )
+
+
+def read_samples(paths: Sequence[str | Path], max_samples: int | None = None) -> tuple[list[Sample], list[str]]:
+    """The samples of the data files, and one-line problems for the rows that cannot be trained on."""
+    samples: list[Sample] = []
+    problems: list[str] = []
+    for path in paths:
+        n = 0
+        for row in read_pairs(path):
+            if max_samples is not None and n >= max_samples:
+                break
+            n += 1
+            if isinstance(row, BadRow):
+                problems.append(row.error)
+                continue
+            where = f"{path} row {row.id}"
+            target = row.reference if row.reference is not None else row.label
+            verdict = parse_verdict(target)
+            if verdict is None:
+                problems.append(f"{where}: no label (the output must start with 1, 2 or Tie)")
+                continue
+            if row.aspect is None:
+                problems.append(f"{where}: no aspect (give it in the prompt or an 'aspect' field)")
+                continue
+            rationale = (target or "").split("\n", 1)[1].strip("\n") if "\n" in (target or "") else ""
+            samples.append(Sample(row.id, row.aspect, row.question, row.audio_1, row.audio_2, verdict, rationale))
+    return samples, problems
+
+
+@dataclass
+class Prepared:
+    """The samples kept for training and the accounting of those that were not."""
+
+    samples: list[Sample]
+    lengths: list[int]  # tokens of each kept sample, audio tokens included
+    read: int = 0  # samples read (after swap augmentation)
+    too_long: int = 0  # dropped: longer than cutoff_len
+    bad_audio: int = 0  # dropped: an unreadable clip
+    problems: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, int]:
+        return {"read": self.read, "kept": len(self.samples), "too_long": self.too_long,
+                "bad_audio": self.bad_audio, "bad_rows": len(self.problems) - self.bad_audio}  # fmt: skip
+
+
+def prepare(
+    samples: Iterable[Sample],
+    tokenizer: Any,
+    cutoff_len: int,
+    swap_augment: bool = False,
+    problems: Sequence[str] = (),
+    on_sample: Callable[[], None] | None = None,
+) -> Prepared:
+    """Augment with the other order (when asked), decode every clip once, drop the too long, count all."""
+    tokens_of: dict[str, int | AudioError] = {}
+    out = Prepared([], [], problems=list(problems))
+
+    def audio_tokens(path: str) -> int:
+        if path not in tokens_of:
+            try:
+                tokens_of[path] = load_audio(path).n_tokens
+            except AudioError as e:
+                tokens_of[path] = e
+        got = tokens_of[path]
+        if isinstance(got, AudioError):
+            raise got
+        return got
+
+    answer_len: dict[str, int] = {}
+    for base in samples:
+        for s in (base, swapped(base)) if swap_augment else (base,):
+            out.read += 1
+            try:
+                counts = [audio_tokens(s.audio_1), audio_tokens(s.audio_2)]
+            except AudioError as e:
+                out.bad_audio += 1
+                out.problems.append(f"row {s.id}: {e}")
+                continue
+            prompt = len(tokenizer.encode(judge_text(s.aspect, s.question, counts), add_special_tokens=False))
+            if s.answer not in answer_len:
+                answer_len[s.answer] = len(tokenizer.encode(s.answer, add_special_tokens=False))
+            length = prompt + answer_len[s.answer]
+            if length > cutoff_len:
+                out.too_long += 1
+            else:
+                out.samples.append(s)
+                out.lengths.append(length)
+        if on_sample:
+            on_sample()
+    if out.too_long:
+        logger.warning("%d of %d samples are longer than cutoff_len %d tokens and were dropped",
+                       out.too_long, out.read, cutoff_len)  # fmt: skip
+    return out
+
+
+class SampleDataset:
+    """A map-style dataset of `Example`s (clips decoded on demand, recently used ones kept)."""
+
+    def __init__(self, samples: Sequence[Sample]):
+        self.samples = list(samples)
+        self._clips = ClipCache(size=64)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> Example:
+        s = self.samples[i]
+        return Example(s.aspect, s.question, self._clips.get(s.audio_1), self._clips.get(s.audio_2), s.answer)
+
+
+class Collator:
+    """Batches of Examples to model inputs with answer-only labels: the judge's own `encoding.build_inputs`."""
+
+    def __init__(self, tokenizer: Any, feature_extractor: Any):
+        self.tokenizer = tokenizer
+        self.feature_extractor = feature_extractor
+
+    def __call__(self, examples: list[Example]) -> dict[str, Any]:
+        from sagelm.encoding import build_inputs
+
+        return build_inputs(self.tokenizer, self.feature_extractor, examples, with_answers=True)
+
+
+def data_files(names: Sequence[str], dataset_dir: str | Path | None) -> list[Path]:
+    """Data files for `dataset` entries: a path, or a name registered in `dataset_dir/dataset_info.json`
+    (LLaMA-Factory's registry, as `sagelm export llamafactory` writes it)."""
+    import json
+
+    out: list[Path] = []
+    info: dict[str, Any] | None = None
+    base = Path(dataset_dir) if dataset_dir else Path.cwd()
+    for name in names:
+        p = Path(name).expanduser()
+        if not p.is_absolute() and not p.exists() and (base / p).exists():
+            p = base / p
+        if p.is_file():
+            out.append(p)
+            continue
+        if info is None:
+            reg = base / "dataset_info.json"
+            info = json.loads(reg.read_text(encoding="utf-8")) if reg.is_file() else {}
+        entry = info.get(name)
+        if entry is None or "file_name" not in entry:
+            raise DataError(f"dataset {name!r}: no such file, and not registered in {base / 'dataset_info.json'}")
+        out.append(base / entry["file_name"])
+    return out

@@ -1,0 +1,386 @@
+"""Training a judge: supervised fine-tuning of the Qwen2.5-Omni thinker on judge data, as SageLM was trained.
+
+A run is a YAML file with LLaMA-Factory's key names (defaults: the authors' recipe, `llamafactory.RECIPE`)
+plus ours (`freeze_audio_encoder`, `swap_augment`, `stages`). The prompt rendering, audio front end and
+checkpoint loading are the judge's own (`samples`, `encoding`, `model`), so what is trained is what is judged.
+The engine is transformers' Trainer: `accelerate launch` / `torchrun` with a DeepSpeed ZeRO-2 config run the
+same code on many GPUs. On a CPU it trains in float32.
+
+Layout of `output_dir`: `stage-K/checkpoint-N/` (Trainer checkpoints, each loadable by `sagelm judge`),
+`stage-K/final/` (the model after stage K, when there are several), and the final judge at the top
+(config, weights, tokenizer, feature extractor) with `train_summary.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sagelm.llamafactory import RECIPE, TEMPLATE
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_FILE = "train_summary.json"
+Scheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
+# LLaMA-Factory keys accepted so that the authors' YAML loads; they only hold for the values we implement.
+_FIXED = {"stage": "sft", "do_train": True, "finetuning_type": "full", "template": TEMPLATE}
+# LLaMA-Factory keys that change nothing here (caching, plots, remote code): accepted and ignored.
+_IGNORED = ("trust_remote_code", "overwrite_cache", "preprocessing_num_workers", "plot_loss", "media_dir")
+
+
+class TrainConfigError(ValueError):
+    """A training configuration that cannot run; the message names the key and the problem."""
+
+
+def _as_list(v: Any) -> Any:
+    if isinstance(v, str):
+        return [s.strip() for s in v.split(",") if s.strip()]  # LLaMA-Factory: "a,b"
+    return v
+
+
+class Stage(BaseModel):
+    """One step of a curriculum: its data, epochs and learning rate (default: the run's)."""
+
+    model_config = ConfigDict(extra="forbid")
+    dataset: list[str] = Field(min_length=1)
+    epochs: float | None = Field(default=None, gt=0)
+    learning_rate: float | None = Field(default=None, gt=0)
+
+    _split = field_validator("dataset", mode="before")(_as_list)
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_name_or_path: str = RECIPE["model_name_or_path"]
+    dataset: list[str] | None = None
+    dataset_dir: str | None = None
+    output_dir: str
+    learning_rate: float = Field(default=RECIPE["learning_rate"], gt=0)
+    lr_scheduler_type: Scheduler = RECIPE["lr_scheduler_type"]
+    warmup_ratio: float = Field(default=RECIPE["warmup_ratio"], ge=0, lt=1)
+    num_train_epochs: float = Field(default=RECIPE["num_train_epochs"], gt=0)
+    max_steps: int = Field(default=-1, description="> 0: train this many optimizer steps per stage instead")
+    per_device_train_batch_size: int = Field(default=RECIPE["per_device_train_batch_size"], ge=1)
+    gradient_accumulation_steps: int = Field(default=RECIPE["gradient_accumulation_steps"], ge=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    cutoff_len: int = Field(default=RECIPE["cutoff_len"], ge=16)
+    max_samples: int | None = Field(default=None, ge=1)
+    bf16: bool = RECIPE["bf16"]
+    seed: int = 42
+    save_steps: int = Field(default=RECIPE["save_steps"], ge=1)
+    save_total_limit: int | None = Field(default=None, ge=1)
+    save_only_model: bool = RECIPE["save_only_model"]
+    logging_steps: int = Field(default=RECIPE["logging_steps"], ge=1)
+    resume_from_checkpoint: bool | str | None = None
+    overwrite_output_dir: bool = False
+    deepspeed: str | None = None
+    gradient_checkpointing: bool = False
+    dataloader_num_workers: int = Field(default=0, ge=0)
+    report_to: str = "none"
+    ddp_timeout: int = Field(default=1800, ge=1)
+    # ours
+    freeze_audio_encoder: bool = True
+    swap_augment: bool = False
+    stages: list[Stage] | None = None
+    # LLaMA-Factory's, fixed or ignored
+    stage: Literal["sft"] = "sft"
+    do_train: Literal[True] = True
+    finetuning_type: Literal["full"] = "full"
+    template: Literal["qwen2_omni"] = "qwen2_omni"
+    trust_remote_code: bool | None = None
+    overwrite_cache: bool | None = None
+    preprocessing_num_workers: int | None = None
+    plot_loss: bool | None = None
+    media_dir: str | None = None
+
+    _split = field_validator("dataset", mode="before")(_as_list)
+
+    def plan(self) -> list[Stage]:
+        """The stages to run: `stages` as given, or one stage of `dataset`."""
+        if self.stages:
+            if self.dataset:
+                raise TrainConfigError("give either 'dataset' or 'stages', not both")
+            return [
+                Stage(dataset=s.dataset, epochs=s.epochs or self.num_train_epochs,
+                      learning_rate=s.learning_rate or self.learning_rate)
+                for s in self.stages
+            ]  # fmt: skip
+        if not self.dataset:
+            raise TrainConfigError("no data: give 'dataset' (one or more files) or 'stages'")
+        return [Stage(dataset=self.dataset, epochs=self.num_train_epochs, learning_rate=self.learning_rate)]
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise TrainConfigError(f"override {item!r}: expected key=value")
+    return key.strip(), yaml.safe_load(value) if value.strip() else None
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read and check a training YAML (plus `key=value` overrides); one-line TrainConfigError when wrong."""
+    raw: dict[str, Any] = {}
+    where = "the command line"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        if not path.is_file():
+            raise TrainConfigError(f"{path}: no such config file")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise TrainConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise TrainConfigError(f"{path}: expected a mapping of keys to values")
+        raw = dict(loaded or {})
+    for item in overrides:
+        key, value = _parse_override(item)
+        raw[key] = value
+    raw = {k: v for k, v in raw.items() if v is not None or k in ("resume_from_checkpoint",)}
+    try:
+        config = TrainConfig.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(x) for x in err["loc"]) or "config"
+        if err["type"] == "extra_forbidden":
+            raise TrainConfigError(f"{where}: unknown key {key!r}") from None
+        if err["type"] == "missing":
+            raise TrainConfigError(f"{where}: {key!r} is required") from None
+        value = err.get("input")
+        raise TrainConfigError(f"{where}: {key}={value!r}: {err['msg']}") from None
+    config.plan()
+    if config.deepspeed and not Path(config.deepspeed).is_file():
+        raise TrainConfigError(f"{where}: deepspeed config {config.deepspeed!r} not found")
+    return config
+
+
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StageResult:
+    index: int
+    datasets: list[str]
+    counts: dict[str, int]
+    steps: int
+    epochs: float
+    learning_rate: float
+    final_loss: float | None
+    seconds: float
+    folder: str
+
+
+Progress = Callable[[str, int, int], None]  # (stage label, step, total steps)
+
+
+def _trainer_callbacks(label: str, on_progress: Progress | None, losses: list[float], feature_extractor: Any):
+    from transformers import TrainerCallback
+
+    class Report(TrainerCallback):
+        """Progress and loss to the caller and the log (not print: Trainer's own printer is removed)."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if on_progress:
+                on_progress(label, state.global_step, state.max_steps)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if on_progress:
+                on_progress(label, state.global_step, state.max_steps)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+                logger.info("%s step %d/%d: loss %.4f, lr %.2e", label, state.global_step, state.max_steps,
+                            logs["loss"], logs.get("learning_rate", float("nan")))  # fmt: skip
+
+    class SaveFeatureExtractor(TrainerCallback):
+        """The feature extractor beside every checkpoint (Trainer saves the tokenizer), so each one loads
+        in `sagelm judge --model`."""
+
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                feature_extractor.save_pretrained(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+    return [Report(), SaveFeatureExtractor()]
+
+
+def _latest_checkpoint(folder: Path) -> Path | None:
+    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
+
+
+def _is_model(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+
+
+def _training_args(config: TrainConfig, stage: Stage, folder: Path, bf16: bool) -> Any:
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(folder),
+        learning_rate=stage.learning_rate,
+        lr_scheduler_type=config.lr_scheduler_type,
+        warmup_steps=config.warmup_ratio,  # below 1: a ratio of the total steps
+        num_train_epochs=stage.epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        bf16=bf16,
+        seed=config.seed,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        save_only_model=config.save_only_model,
+        logging_steps=config.logging_steps,
+        deepspeed=config.deepspeed,
+        gradient_checkpointing=config.gradient_checkpointing,
+        dataloader_num_workers=config.dataloader_num_workers,
+        report_to=config.report_to,
+        ddp_timeout=config.ddp_timeout,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+    )
+
+
+def _save_judge(trainer: Any, folder: Path, tokenizer: Any, feature_extractor: Any) -> None:
+    trainer.save_model(str(folder))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(folder)
+        feature_extractor.save_pretrained(folder)
+
+
+def train(
+    config: TrainConfig,
+    on_progress: Progress | None = None,
+    callbacks: Sequence[Any] = (),
+) -> list[StageResult]:
+    """Run every stage of `config` in order and save the judge in `config.output_dir`."""
+    import torch
+    from transformers import PrinterCallback, Trainer
+
+    from sagelm.model import load_judge_model, load_processor, resolve_checkpoint
+    from sagelm.samples import Collator, SampleDataset, data_files, prepare, read_samples
+
+    out = Path(config.output_dir)
+    stages = config.plan()
+    resume = config.resume_from_checkpoint
+    if out.exists() and any(out.iterdir()) and not resume:
+        if not config.overwrite_output_dir:
+            raise TrainConfigError(
+                f"output_dir {out} is not empty; set resume_from_checkpoint: true to continue that run, "
+                "overwrite_output_dir: true to replace it, or choose another output_dir"
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    # Everything that can fail on the data fails here, before the model is loaded.
+    base = resolve_checkpoint(config.model_name_or_path)
+    tokenizer, feature_extractor = load_processor(base)
+    prepared = []
+    for k, stage in enumerate(stages, start=1):
+        files = data_files(stage.dataset, config.dataset_dir)
+        samples, problems = read_samples(files, config.max_samples)
+        ready = prepare(samples, tokenizer, config.cutoff_len, config.swap_augment, problems)
+        for p in ready.problems:
+            logger.warning("%s", p)
+        logger.info("stage %d: %s", k, ready.summary())
+        if not ready.samples:
+            raise TrainConfigError(f"stage {k} ({', '.join(map(str, files))}): no sample left to train on "
+                                   f"({ready.summary()})")  # fmt: skip
+        prepared.append((files, ready))
+
+    cuda = torch.cuda.is_available()
+    bf16 = config.bf16 and cuda
+    if config.bf16 and not cuda:
+        logger.info("no GPU: training in float32 (bf16 needs one)")
+    # With DeepSpeed, bf16 weights (it keeps float32 master weights itself); otherwise float32 and autocast.
+    dtype = torch.bfloat16 if bf16 and config.deepspeed else torch.float32
+    judge = load_judge_model(str(base), device="cpu", dtype=dtype)
+    thinker = judge.thinker
+    thinker.config.use_cache = False
+    thinker.requires_grad_(True)
+    for name in ("visual",) + (("audio_tower",) if config.freeze_audio_encoder else ()):
+        part = getattr(thinker, name, None)
+        if part is not None:
+            part.requires_grad_(False)
+    trainable = sum(p.numel() for p in thinker.parameters() if p.requires_grad)
+    logger.info("training %s parameters of %s (audio encoder %s)", f"{trainable:,}",
+                f"{sum(p.numel() for p in thinker.parameters()):,}",
+                "frozen" if config.freeze_audio_encoder else "trained")  # fmt: skip
+    thinker.train()
+
+    results: list[StageResult] = []
+    for k, (stage, (files, ready)) in enumerate(zip(stages, prepared, strict=True), start=1):
+        last = k == len(stages)
+        folder = out / f"stage-{k}"
+        final = out if last else folder / "final"
+        if resume and _is_model(final) and (not last or (out / SUMMARY_FILE).is_file()):
+            logger.info("stage %d already done (%s); loading it", k, final)
+            from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+            done = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(final, dtype=dtype)
+            thinker.load_state_dict(done.state_dict())
+            continue
+        start_from: str | bool | None = None
+        if isinstance(resume, str) and Path(resume).resolve().parent == folder.resolve():
+            start_from = resume
+        elif isinstance(resume, str) and len(stages) == 1:
+            start_from = resume
+        elif resume is True and _latest_checkpoint(folder) is not None:
+            start_from = str(_latest_checkpoint(folder))
+        if start_from:
+            logger.info("stage %d: resuming from %s", k, start_from)
+        losses: list[float] = []
+        trainer = Trainer(
+            model=thinker,
+            args=_training_args(config, stage, folder, bf16),
+            data_collator=Collator(tokenizer, feature_extractor),
+            train_dataset=SampleDataset(ready.samples),
+            processing_class=tokenizer,
+            callbacks=[*_trainer_callbacks(f"stage {k}", on_progress, losses, feature_extractor), *callbacks],
+        )  # fmt: skip
+        trainer.remove_callback(PrinterCallback)
+        t0 = time.perf_counter()
+        trainer.train(resume_from_checkpoint=start_from)
+        seconds = time.perf_counter() - t0
+        thinker.config.use_cache = True
+        _save_judge(trainer, final, tokenizer, feature_extractor)
+        thinker.config.use_cache = False
+        results.append(StageResult(
+            index=k, datasets=[str(f) for f in files], counts=ready.summary(), steps=trainer.state.global_step,
+            epochs=float(stage.epochs or 0), learning_rate=float(stage.learning_rate or 0),
+            final_loss=losses[-1] if losses else None, seconds=round(seconds, 1), folder=str(final),
+        ))  # fmt: skip
+        logger.info("stage %d: %d steps in %.0f s, saved %s", k, trainer.state.global_step, seconds, final)
+    thinker.eval()
+    summary = {
+        "model_name_or_path": config.model_name_or_path,
+        "config": config.model_dump(exclude_none=True),
+        "stages": [r.__dict__ for r in results],
+    }
+    previous = out / SUMMARY_FILE
+    if previous.is_file() and resume:
+        old = json.loads(previous.read_text(encoding="utf-8"))
+        done = {s["index"] for s in summary["stages"]}
+        summary["stages"] = sorted([s for s in old.get("stages", []) if s["index"] not in done] + summary["stages"],
+                                   key=lambda s: s["index"])  # fmt: skip
+    previous.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+    return results
+
+
+def steps_per_epoch(n_samples: int, config: TrainConfig, world_size: int = 1) -> int:
+    """Optimizer steps in one epoch (as Trainer counts them)."""
+    batches = math.ceil(n_samples / (config.per_device_train_batch_size * world_size))
+    return max(1, math.ceil(batches / config.gradient_accumulation_steps))

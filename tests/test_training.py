@@ -1,0 +1,217 @@
+"""`sagelm train`: configuration checks, stages, save -> judge round trip, resume, and that a judge learns."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import REPO, TONE_QUESTION, noise, tone, write
+
+from sagelm.training import TrainConfigError, load_config, steps_per_epoch, train
+
+SAGELM = [str(REPO / ".venv" / "bin" / "sagelm")] if (REPO / ".venv" / "bin" / "sagelm").exists() else ["sagelm"]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+
+
+def _config(tmp_path: Path, **keys) -> Path:
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "out"), "dataset": "d.json", **keys}))
+    return path
+
+
+# -- configuration ---------------------------------------------------------------------------------------------
+def test_defaults_are_the_authors_recipe(tmp_path):
+    c = load_config(_config(tmp_path))
+    assert (c.learning_rate, c.lr_scheduler_type, c.warmup_ratio, c.num_train_epochs) == (1e-5, "cosine", 0.1, 3.0)
+    assert (c.per_device_train_batch_size, c.gradient_accumulation_steps, c.cutoff_len, c.bf16) == (2, 2, 4096, True)
+    assert c.freeze_audio_encoder is True and c.swap_augment is False
+    assert c.model_name_or_path == "Qwen/Qwen2.5-Omni-7B"
+    assert [s.dataset for s in c.plan()] == [["d.json"]]
+
+
+@pytest.mark.parametrize(
+    ("keys", "overrides", "message"),
+    [
+        ({"learning_rat": 1e-5}, [], "unknown key 'learning_rat'"),
+        ({"learning_rate": -1}, [], "learning_rate=-1: Input should be greater than 0"),
+        ({"warmup_ratio": 1.5}, [], "warmup_ratio=1.5"),
+        ({"lr_scheduler_type": "cosine_annealing"}, [], "lr_scheduler_type='cosine_annealing'"),
+        ({"template": "qwen2_vl"}, [], "template='qwen2_vl'"),
+        ({"finetuning_type": "lora"}, [], "finetuning_type='lora'"),
+        ({"per_device_train_batch_size": 0}, [], "per_device_train_batch_size=0"),
+        ({"stages": [{"dataset": "a.json", "epoch": 1}]}, [], "unknown key 'stages.0.epoch'"),
+        ({"stages": [{"dataset": "a.json"}]}, [], "either 'dataset' or 'stages'"),
+        ({}, ["dataset="], "no data"),
+        ({}, ["num_train_epochs=three"], "num_train_epochs='three'"),
+        ({}, ["oops"], "expected key=value"),
+        ({"deepspeed": "missing/ds.json"}, [], "deepspeed config 'missing/ds.json' not found"),
+    ],
+)
+def test_bad_config_is_one_line_error(tmp_path, keys, overrides, message):
+    with pytest.raises(TrainConfigError) as e:
+        load_config(_config(tmp_path, **keys), overrides)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_output_dir_and_bad_yaml(tmp_path):
+    (tmp_path / "a.yaml").write_text("dataset: d.json\n")
+    with pytest.raises(TrainConfigError, match="'output_dir' is required"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("dataset: [d.json\n")
+    with pytest.raises(TrainConfigError, match="not valid YAML"):
+        load_config(tmp_path / "b.yaml")
+    with pytest.raises(TrainConfigError, match="no such config file"):
+        load_config(tmp_path / "none.yaml")
+
+
+def test_overrides_and_llamafactory_style_values(tmp_path):
+    c = load_config(_config(tmp_path), ["learning_rate=1e-3", "dataset=a.json,b.json", "swap_augment=true",
+                                        "resume_from_checkpoint=true", "stage=sft", "trust_remote_code=true"])  # fmt: skip
+    assert c.learning_rate == 1e-3 and c.dataset == ["a.json", "b.json"] and c.swap_augment
+    assert c.resume_from_checkpoint is True
+    stages = load_config(_config(tmp_path, dataset=None, learning_rate=2e-5, num_train_epochs=2, stages=[
+        {"dataset": ["s.json"]}, {"dataset": "a.json", "epochs": 1, "learning_rate": 5e-6}]))  # fmt: skip
+    assert [(s.dataset, s.epochs, s.learning_rate) for s in stages.plan()] == [
+        (["s.json"], 2.0, 2e-5), (["a.json"], 1.0, 5e-6)
+    ]  # fmt: skip
+
+
+def test_steps_per_epoch():
+    c = load_config(None, ["output_dir=o", "dataset=d", "per_device_train_batch_size=4", "gradient_accumulation_steps=2"])
+    assert [steps_per_epoch(n, c) for n in (1, 8, 9, 16, 17)] == [1, 1, 2, 2, 3]
+
+
+# -- training on a tiny thinker --------------------------------------------------------------------------------
+def _tone_data(folder: Path, n: int, seed: int, aspect: str = "helpfulness") -> Path:
+    """Pairs of a tone and a noise in random order; the label names the tone."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        t = write(folder / f"t{i}.wav", tone(rng.uniform(0.4, 1.2), rng.uniform(250, 900)))
+        z = write(folder / f"z{i}.wav", noise(rng.uniform(0.4, 1.2), seed=int(rng.integers(1 << 30))))
+        first = rng.random() < 0.5
+        rows.append({"id": f"r{i}", "instruction": TONE_QUESTION, "aspect": aspect,
+                     "audio_1": str(t if first else z), "audio_2": str(z if first else t),
+                     "output": "1\nResponse 1 is the tone." if first else "2\nResponse 2 is the tone."})  # fmt: skip
+    path = folder / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tone_data(tmp_path_factory) -> Path:
+    return _tone_data(tmp_path_factory.mktemp("tone_data"), 24, seed=1)
+
+
+def _run_config(tiny_dir: Path, data: Path, out: Path, *extra: str):
+    return load_config(None, [f"model_name_or_path={tiny_dir}", f"dataset={data}", f"output_dir={out}",
+                              "learning_rate=2e-3", "per_device_train_batch_size=4", "gradient_accumulation_steps=1",
+                              "logging_steps=1", "save_steps=2", "warmup_ratio=0", *extra])  # fmt: skip
+
+
+def _weights(folder: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_train_saves_a_judge_that_sagelm_judge_loads(tmp_path, tiny_dir, tone_data):
+    out = tmp_path / "judge"
+    results = train(_run_config(tiny_dir, tone_data, out, "max_steps=3", "cutoff_len=120"))
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert results[0].steps == 3 and summary["stages"][0]["steps"] == 3
+    counts = summary["stages"][0]["counts"]
+    assert counts["read"] == 24 and counts["kept"] + counts["too_long"] == 24 and counts["too_long"] > 0
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"):
+        assert (out / f).is_file() and (out / "stage-1" / "checkpoint-2" / f).is_file()
+    before, after = _weights(tiny_dir), _weights(out)
+    changed = {k for k in before if not np.array_equal(before[k], after[k])}
+    assert any(k.startswith("model.") for k in changed) and "lm_head.weight" in changed
+    assert not any(k.startswith("audio_tower.") for k in changed)  # frozen by default
+    rows = [json.loads(x) for x in tone_data.read_text().splitlines()[:1]]
+    for model in (out, out / "stage-1" / "checkpoint-2"):
+        done = subprocess.run([*SAGELM, "judge", "--model", str(model), "--instruction", TONE_QUESTION,
+                               rows[0]["audio_1"], rows[0]["audio_2"], "--json", "--max-new-tokens", "4"],
+                              capture_output=True, text=True, env=ENV, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        records = [json.loads(x) for x in done.stdout.splitlines()]
+        assert len(records) == 4 and all(r["error"] is None for r in records)
+        assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-5 for r in records)
+
+
+def test_existing_output_dir_needs_resume_or_overwrite(tmp_path, tiny_dir, tone_data):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "something").write_text("x")
+    with pytest.raises(TrainConfigError, match="is not empty"):
+        train(_run_config(tiny_dir, tone_data, out, "max_steps=1"))
+    assert (out / "something").exists()  # nothing already written is lost
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def test_resume_from_a_checkpoint_gives_the_uninterrupted_result(tmp_path, tiny_dir, tone_data):
+    from transformers import TrainerCallback
+
+    class CrashAfter(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise _Crash("killed")
+
+    whole = tmp_path / "whole"
+    train(_run_config(tiny_dir, tone_data, whole, "max_steps=4"))
+    part = tmp_path / "part"
+    with pytest.raises(_Crash):
+        train(_run_config(tiny_dir, tone_data, part, "max_steps=4"), callbacks=[CrashAfter()])
+    assert (part / "stage-1" / "checkpoint-2").is_dir() and not (part / "model.safetensors").exists()
+    steps_seen: list[int] = []
+
+    class Seen(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            steps_seen.append(state.global_step)
+
+    train(_run_config(tiny_dir, tone_data, part, "max_steps=4", "resume_from_checkpoint=true"), callbacks=[Seen()])
+    assert steps_seen == [3, 4]  # steps 1-2 came from checkpoint-2
+    a, b = _weights(whole), _weights(part)
+    assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < 1e-5
+
+
+def test_two_stages_run_in_order_each_with_its_schedule(tmp_path, tiny_dir, tone_data):
+    from transformers import TrainerCallback
+
+    second = _tone_data(tmp_path / "second", 8, seed=2, aspect="honesty")
+    seen: list[tuple[int, float, float]] = []
+
+    class Watch(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            seen.append((state.max_steps, args.learning_rate, float(model.lm_head.weight.sum())))
+
+    config = load_config(None, [f"model_name_or_path={tiny_dir}", f"output_dir={tmp_path / 'out'}",
+                                "per_device_train_batch_size=4", "gradient_accumulation_steps=1", "warmup_ratio=0",
+                                "save_steps=1000", "logging_steps=1"])  # fmt: skip
+    config = config.model_copy(update={"stages": load_config(None, [
+        "output_dir=x", f"stages=[{{dataset: {tone_data}, epochs: 1, learning_rate: 0.002}},"
+        f" {{dataset: {second}, epochs: 2, learning_rate: 0.0005}}]"]).stages})  # fmt: skip
+    results = train(config)
+    assert [(r.index, r.steps, r.learning_rate) for r in results] == [(1, 6, 0.002), (2, 4, 0.0005)]
+    assert [(s[0], s[1]) for s in seen] == [(6, 0.002), (4, 0.0005)]  # 24/4 x 1 epoch, then 8/4 x 2 epochs
+    stage1 = _weights(tmp_path / "out" / "stage-1" / "final")
+    assert abs(seen[1][2] - float(stage1["lm_head.weight"].sum())) < 1e-3  # stage 2 starts where stage 1 ended
+    final = _weights(tmp_path / "out")
+    assert not np.array_equal(final["lm_head.weight"], stage1["lm_head.weight"])
+    summary = json.loads((tmp_path / "out" / "train_summary.json").read_text())
+    assert [s["index"] for s in summary["stages"]] == [1, 2]
+
+
+def test_cli_train_reports_bad_config_in_one_line(tmp_path):
+    path = _config(tmp_path, learning_rat=1)
+    done = subprocess.run([*SAGELM, "train", str(path)], capture_output=True, text=True, env=ENV, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [f"sagelm: error: {path}: unknown key 'learning_rat'"]
