@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench
+.PHONY: demo test lint bench system-deps learn
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,9 +16,26 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/sagelm demo $(ARGS)
 
-test: $(STAMP)
+# espeak-ng speaks the synthetic training data of the learning test and example (Debian/Ubuntu package).
+system-deps:
+	@command -v espeak-ng >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q espeak-ng >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q espeak-ng >/dev/null; }; }
+
+test: $(STAMP) system-deps
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/python -m pytest -q $(ARGS)
+
+# The README's training example: a tiny random judge learns gender instruction following on the CPU.
+learn: $(STAMP) system-deps
+	$(VENV)/bin/sagelm synth gender runs/gender --train-pairs 1000
+	$(VENV)/bin/sagelm tiny-model runs/tiny --hidden-size 128
+	$(VENV)/bin/sagelm train configs/gender_tiny.yaml
+	rm -f runs/heldout.jsonl
+	$(VENV)/bin/sagelm judge --model runs/gender-judge --data runs/gender/heldout.json --both-orders \
+	  --verdict-only --batch-size 16 --output runs/heldout.jsonl
+	$(VENV)/bin/sagelm eval runs/heldout.jsonl
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/bench_judge.py

@@ -18,20 +18,51 @@ SAGELM = str(REPO / ".venv" / "bin" / "sagelm") if (REPO / ".venv" / "bin" / "sa
 
 # The authors' examples/judge/qwen2.5_omni_7B_compare_1_aspect.yaml (IronBeliever/SageLM), its keys in order.
 AUTHORS_KEYS = [
-    "model_name_or_path", "trust_remote_code", "stage", "do_train", "finetuning_type", "deepspeed", "dataset",
-    "template", "cutoff_len", "overwrite_cache", "preprocessing_num_workers", "dataloader_num_workers", "output_dir",
-    "logging_steps", "save_steps", "plot_loss", "overwrite_output_dir", "save_only_model", "report_to",
-    "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "num_train_epochs",
-    "lr_scheduler_type", "warmup_ratio", "bf16", "ddp_timeout", "resume_from_checkpoint",
-]  # fmt: skip
+    "model_name_or_path",
+    "trust_remote_code",
+    "stage",
+    "do_train",
+    "finetuning_type",
+    "deepspeed",
+    "dataset",
+    "template",
+    "cutoff_len",
+    "overwrite_cache",
+    "preprocessing_num_workers",
+    "dataloader_num_workers",
+    "output_dir",
+    "logging_steps",
+    "save_steps",
+    "plot_loss",
+    "overwrite_output_dir",
+    "save_only_model",
+    "report_to",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "num_train_epochs",
+    "lr_scheduler_type",
+    "warmup_ratio",
+    "bf16",
+    "ddp_timeout",
+    "resume_from_checkpoint",
+]
 
 
 def _data(tmp_path):
     write(tmp_path / "src" / "a.wav", tone(0.5))
     write(tmp_path / "src" / "b.wav", tone(0.7, 300))
-    rows = [{"id": "q1", "instruction": "Read it with a male voice: hello", "audio_1": "a.wav", "audio_2": "b.wav",
-             "aspect": "gender", "output": "2\nResponse 2 uses man's voice."},
-            {"id": "q2", "instruction": "no aspect", "audio_1": "a.wav", "audio_2": "b.wav", "label": "1"}]  # fmt: skip
+    rows = [
+        {
+            "id": "q1",
+            "instruction": "Read it with a male voice: hello",
+            "audio_1": "a.wav",
+            "audio_2": "b.wav",
+            "aspect": "gender",
+            "output": "2\nResponse 2 uses man's voice.",
+        },
+        {"id": "q2", "instruction": "no aspect", "audio_1": "a.wav", "audio_2": "b.wav", "label": "1"},
+    ]
     jsonl = tmp_path / "src" / "mine.jsonl"
     jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return jsonl
@@ -47,19 +78,25 @@ def test_export_writes_data_registry_and_the_authors_yaml(tmp_path, release):
     assert len(problems) == 1 and "row q2" in problems[0] and "no aspect" in problems[0]
     info = json.loads((out / "dataset_info.json").read_text())
     assert info["theirs"] == {"file_name": "theirs.json"}  # entries already there are kept
-    assert info["mine"] == {"file_name": "mine.json", "columns": {"prompt": "instruction", "query": "input",
-                                                                   "response": "output", "audios": "audios"}}  # fmt: skip
+    assert info["mine"] == {
+        "file_name": "mine.json",
+        "columns": {"prompt": "instruction", "query": "input", "response": "output", "audios": "audios"},
+    }
     mine = json.loads((out / "mine.json").read_text())
-    assert mine == [{
-        "instruction": instruction_prompt("gender instruction following", "Read it with a male voice: hello"),
-        "input": "", "output": "2\nResponse 2 uses man's voice.",
-        "audios": [str((tmp_path / "src" / "a.wav").resolve()), str((tmp_path / "src" / "b.wav").resolve())],
-    }]  # fmt: skip
+    assert mine == [
+        {
+            "instruction": instruction_prompt("gender instruction following", "Read it with a male voice: hello"),
+            "input": "",
+            "output": "2\nResponse 2 uses man's voice.",
+            "audios": [str((tmp_path / "src" / "a.wav").resolve()), str((tmp_path / "src" / "b.wav").resolve())],
+        }
+    ]
     released = json.loads((release / "test_acoustic.json").read_text())
     exported = json.loads((out / "test_acoustic.json").read_text())
     assert len(exported) == len(released) == 410
-    assert [r["instruction"] for r in exported] == [r["instruction"].replace("### Instruction:  \n", "### Instruction:\n")
-                                                    for r in released]  # fmt: skip
+    assert [r["instruction"] for r in exported] == [
+        r["instruction"].replace("### Instruction:  \n", "### Instruction:\n") for r in released
+    ]
     assert [r["output"] for r in exported] == [r["output"] for r in released]
 
     recipe = yaml.safe_load((out / "sagelm_sft.yaml").read_text())
@@ -77,13 +114,18 @@ def test_export_writes_data_registry_and_the_authors_yaml(tmp_path, release):
     first, _ = read_samples([jsonl])
     assert [(s.aspect, s.question, s.verdict, s.rationale) for s in again] == [
         (s.aspect, s.question, s.verdict, s.rationale) for s in first
-    ]  # fmt: skip
+    ]
 
 
 def test_cli_export(tmp_path):
     jsonl = _data(tmp_path)
-    done = subprocess.run([SAGELM, "export", "llamafactory", str(jsonl), "--out", str(tmp_path / "lf")],
-                          capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}, timeout=60)  # fmt: skip
+    done = subprocess.run(
+        [SAGELM, "export", "llamafactory", str(jsonl), "--out", str(tmp_path / "lf")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert "row q2" in done.stderr and "llamafactory-cli train" in done.stderr
     assert sorted(p.name for p in (tmp_path / "lf").iterdir()) == ["dataset_info.json", "mine.json", "sagelm_sft.yaml"]

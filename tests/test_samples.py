@@ -26,18 +26,35 @@ def _rows(tmp_path: Path) -> Path:
     a = write(tmp_path / "a.wav", tone(1.0, 200.0))
     b = write(tmp_path / "b.wav", noise(2.0))
     rows = [
-        {"instruction": instruction_prompt(ASPECT, "Say hi with a female voice."), "input": "", "output": "1\nResponse 1 uses woman's voice, Response 2 uses man's voice.", "audios": ["a.wav", "b.wav"]},
+        {
+            "instruction": instruction_prompt(ASPECT, "Say hi with a female voice."),
+            "input": "",
+            "output": "1\nResponse 1 uses woman's voice, Response 2 uses man's voice.",
+            "audios": ["a.wav", "b.wav"],
+        },
         {"instruction": "not a judge prompt", "input": "", "output": "1", "audios": ["a.wav", "b.wav"]},
-    ]  # fmt: skip
+    ]
     (tmp_path / "d.json").write_text(json.dumps(rows))
     lines = [
-        {"id": "j1", "instruction": "Which is the tone?", "audio_1": str(a), "audio_2": str(b),
-         "aspect": "helpfulness", "output": "Tie\nBoth are fine."},
-        {"id": "j2", "instruction": "Which is the tone?", "audio_1": "a.wav", "audio_2": "b.wav", "label": "2",
-         "aspect": "helpfulness"},
+        {
+            "id": "j1",
+            "instruction": "Which is the tone?",
+            "audio_1": str(a),
+            "audio_2": str(b),
+            "aspect": "helpfulness",
+            "output": "Tie\nBoth are fine.",
+        },
+        {
+            "id": "j2",
+            "instruction": "Which is the tone?",
+            "audio_1": "a.wav",
+            "audio_2": "b.wav",
+            "label": "2",
+            "aspect": "helpfulness",
+        },
         {"id": "j3", "instruction": "No label here", "audio_1": "a.wav", "audio_2": "b.wav", "aspect": "honesty"},
         {"id": "j4", "instruction": "No aspect", "audio_1": "a.wav", "audio_2": "b.wav", "label": "1"},
-    ]  # fmt: skip
+    ]
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     return tmp_path
 
@@ -46,8 +63,10 @@ def test_read_samples_keeps_trainable_rows_and_names_the_others(tmp_path):
     d = _rows(tmp_path)
     samples, problems = read_samples([d / "d.json", d / "d.jsonl"])
     assert [(s.id, s.aspect, s.verdict) for s in samples] == [
-        ("d-0", ASPECT, "1"), ("j1", "helpfulness", "Tie"), ("j2", "helpfulness", "2")
-    ]  # fmt: skip
+        ("d-0", ASPECT, "1"),
+        ("j1", "helpfulness", "Tie"),
+        ("j2", "helpfulness", "2"),
+    ]
     assert samples[0].question == "Say hi with a female voice."
     assert samples[0].answer == "1\nResponse 1 uses woman's voice, Response 2 uses man's voice." + IM_END
     assert samples[2].answer == "2" + IM_END  # a label alone: the verdict is the whole target
@@ -61,8 +80,15 @@ def test_read_samples_keeps_trainable_rows_and_names_the_others(tmp_path):
 
 def test_jsonl_label_and_output_must_agree(tmp_path):
     write(tmp_path / "a.wav", tone(0.5))
-    row = {"id": "x", "instruction": "q", "audio_1": "a.wav", "audio_2": "a.wav", "aspect": "honesty",
-           "label": "1", "output": "2\nResponse 2 ..."}  # fmt: skip
+    row = {
+        "id": "x",
+        "instruction": "q",
+        "audio_1": "a.wav",
+        "audio_2": "a.wav",
+        "aspect": "honesty",
+        "label": "1",
+        "output": "2\nResponse 2 ...",
+    }
     (tmp_path / "d.jsonl").write_text(json.dumps(row) + "\n")
     samples, problems = read_samples([tmp_path / "d.jsonl"])
     assert samples == [] and "disagrees" in problems[0] and "line 1" in problems[0]
@@ -79,8 +105,9 @@ def test_swap_maps_verdict_rationale_and_audio():
 
 
 def _example(sample: Sample) -> Example:
-    return Example(sample.aspect, sample.question, load_audio(sample.audio_1), load_audio(sample.audio_2),
-                   sample.answer)  # fmt: skip
+    return Example(
+        sample.aspect, sample.question, load_audio(sample.audio_1), load_audio(sample.audio_2), sample.answer
+    )
 
 
 def test_labels_cover_exactly_the_answer_tokens(tmp_path, tok):
@@ -120,8 +147,11 @@ def test_prepare_counts_tokens_drops_too_long_and_bad_audio(tmp_path, tok):
     both = prepare(samples, tok, cutoff_len=10_000, swap_augment=True)
     assert both.summary() == {"read": 6, "kept": 4, "too_long": 0, "bad_audio": 2, "bad_rows": 0}
     assert [(s.id, s.swapped, s.verdict) for s in both.samples] == [
-        ("s", False, "1"), ("s", True, "2"), ("l", False, "2"), ("l", True, "1")
-    ]  # fmt: skip
+        ("s", False, "1"),
+        ("s", True, "2"),
+        ("l", False, "2"),
+        ("l", True, "1"),
+    ]
 
 
 def test_data_files_resolve_paths_and_registered_names(tmp_path):

@@ -45,6 +45,7 @@ def test_flip_rate_and_debiased_scores(tmp_path):
     r = evaluate([write_jsonl(tmp_path / "p.jsonl", rows)])
     assert r["overall"]["n"] == 2 and r["overall"]["accuracy"] == 0.5  # plain order only
     assert r["order"]["flip_rate"] == 0.5
+    assert r["order"]["original"]["accuracy"] == 0.5 and r["order"]["swapped"]["accuracy"] == 1.0
     assert r["order"]["debiased"]["accuracy"] == 0.5 and r["order"]["debiased"]["agreement"] == 0.75
     assert r["order"]["debiased_probabilities"]["accuracy"] == 1.0
 

@@ -22,9 +22,14 @@ def test_held_out_voices_and_sentences_never_train():
 
 @pytest.mark.parametrize(
     ("wanted", "first", "second", "verdict"),
-    [("female", "female", "male", "1"), ("female", "male", "female", "2"), ("male", "male", "male", "Tie"),
-     ("male", "female", "female", "Tie"), ("male", "male", "female", "1")],
-)  # fmt: skip
+    [
+        ("female", "female", "male", "1"),
+        ("female", "male", "female", "2"),
+        ("male", "male", "male", "Tie"),
+        ("male", "female", "female", "Tie"),
+        ("male", "male", "female", "1"),
+    ],
+)
 def test_verdict_and_rationale(wanted, first, second, verdict):
     assert synth.verdict(wanted, first, second) == verdict
     r = synth.rationale(wanted, first, second)
@@ -34,7 +39,7 @@ def test_verdict_and_rationale(wanted, first, second, verdict):
 
 def test_make_gender_set(tmp_path):
     train, held = synth.make_gender_set(tmp_path, train_pairs=30, heldout_pairs=12, seed=3)
-    for path, n, held_out in ((train, 30, False), (held, 12, True)):
+    for path, n, held_out in ((train, 60, False), (held, 12, True)):  # training pairs come in both orders
         rows = json.loads(path.read_text())
         samples, problems = read_samples([path])
         assert len(samples) == n and problems == []
@@ -45,11 +50,18 @@ def test_make_gender_set(tmp_path):
             genders = []
             for audio in row["audios"]:
                 sentence_index, voice = re.match(r"audio/s(\d+)-(.+)\.wav", audio).groups()
-                assert voice in voices and (synth.SENTENCES[int(sentence_index)] in synth.HELD_OUT_SENTENCES) == held_out
+                assert (
+                    voice in voices and (synth.SENTENCES[int(sentence_index)] in synth.HELD_OUT_SENTENCES) == held_out
+                )
                 assert synth.SENTENCES[int(sentence_index)] in s.question
                 genders.append(voices[voice])
             assert s.verdict == synth.verdict(wanted, *genders)
             assert s.rationale == synth.rationale(wanted, *genders)
+    rows = json.loads(train.read_text())
+    for a, b in zip(rows[::2], rows[1::2], strict=True):
+        assert b["audios"] == a["audios"][::-1] and b["instruction"] == a["instruction"]
+        assert b["output"].split("\n")[0] == {"1": "2", "2": "1", "Tie": "Tie"}[a["output"].split("\n")[0]]
+        assert "Response 1 uses" in b["output"].split("\n")[1].split(",")[0]  # Response 1 named first
     clip = load_audio(tmp_path / json.loads(train.read_text())[0]["audios"][0])
     assert 0.5 < len(clip.samples) / 16_000 < 4.0  # a short sentence, resampled from espeak-ng's 22.05 kHz
     labels = synth.label_counts(json.loads(train.read_text()))

@@ -70,19 +70,38 @@ def test_missing_output_dir_and_bad_yaml(tmp_path):
 
 
 def test_overrides_and_llamafactory_style_values(tmp_path):
-    c = load_config(_config(tmp_path), ["learning_rate=1e-3", "dataset=a.json,b.json", "swap_augment=true",
-                                        "resume_from_checkpoint=true", "stage=sft", "trust_remote_code=true"])  # fmt: skip
+    c = load_config(
+        _config(tmp_path),
+        [
+            "learning_rate=1e-3",
+            "dataset=a.json,b.json",
+            "swap_augment=true",
+            "resume_from_checkpoint=true",
+            "stage=sft",
+            "trust_remote_code=true",
+        ],
+    )
     assert c.learning_rate == 1e-3 and c.dataset == ["a.json", "b.json"] and c.swap_augment
     assert c.resume_from_checkpoint is True
-    stages = load_config(_config(tmp_path, dataset=None, learning_rate=2e-5, num_train_epochs=2, stages=[
-        {"dataset": ["s.json"]}, {"dataset": "a.json", "epochs": 1, "learning_rate": 5e-6}]))  # fmt: skip
+    stages = load_config(
+        _config(
+            tmp_path,
+            dataset=None,
+            learning_rate=2e-5,
+            num_train_epochs=2,
+            stages=[{"dataset": ["s.json"]}, {"dataset": "a.json", "epochs": 1, "learning_rate": 5e-6}],
+        )
+    )
     assert [(s.dataset, s.epochs, s.learning_rate) for s in stages.plan()] == [
-        (["s.json"], 2.0, 2e-5), (["a.json"], 1.0, 5e-6)
-    ]  # fmt: skip
+        (["s.json"], 2.0, 2e-5),
+        (["a.json"], 1.0, 5e-6),
+    ]
 
 
 def test_steps_per_epoch():
-    c = load_config(None, ["output_dir=o", "dataset=d", "per_device_train_batch_size=4", "gradient_accumulation_steps=2"])
+    c = load_config(
+        None, ["output_dir=o", "dataset=d", "per_device_train_batch_size=4", "gradient_accumulation_steps=2"]
+    )
     assert [steps_per_epoch(n, c) for n in (1, 8, 9, 16, 17)] == [1, 1, 2, 2, 3]
 
 
@@ -95,9 +114,16 @@ def _tone_data(folder: Path, n: int, seed: int, aspect: str = "helpfulness") -> 
         t = write(folder / f"t{i}.wav", tone(rng.uniform(0.4, 1.2), rng.uniform(250, 900)))
         z = write(folder / f"z{i}.wav", noise(rng.uniform(0.4, 1.2), seed=int(rng.integers(1 << 30))))
         first = rng.random() < 0.5
-        rows.append({"id": f"r{i}", "instruction": TONE_QUESTION, "aspect": aspect,
-                     "audio_1": str(t if first else z), "audio_2": str(z if first else t),
-                     "output": "1\nResponse 1 is the tone." if first else "2\nResponse 2 is the tone."})  # fmt: skip
+        rows.append(
+            {
+                "id": f"r{i}",
+                "instruction": TONE_QUESTION,
+                "aspect": aspect,
+                "audio_1": str(t if first else z),
+                "audio_2": str(z if first else t),
+                "output": "1\nResponse 1 is the tone." if first else "2\nResponse 2 is the tone.",
+            }
+        )
     path = folder / "data.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -109,9 +135,21 @@ def tone_data(tmp_path_factory) -> Path:
 
 
 def _run_config(tiny_dir: Path, data: Path, out: Path, *extra: str):
-    return load_config(None, [f"model_name_or_path={tiny_dir}", f"dataset={data}", f"output_dir={out}",
-                              "learning_rate=2e-3", "per_device_train_batch_size=4", "gradient_accumulation_steps=1",
-                              "logging_steps=1", "save_steps=2", "warmup_ratio=0", *extra])  # fmt: skip
+    return load_config(
+        None,
+        [
+            f"model_name_or_path={tiny_dir}",
+            f"dataset={data}",
+            f"output_dir={out}",
+            "learning_rate=2e-3",
+            "per_device_train_batch_size=4",
+            "gradient_accumulation_steps=1",
+            "logging_steps=1",
+            "save_steps=2",
+            "warmup_ratio=0",
+            *extra,
+        ],
+    )
 
 
 def _weights(folder: Path) -> dict[str, np.ndarray]:
@@ -121,12 +159,24 @@ def _weights(folder: Path) -> dict[str, np.ndarray]:
 
 
 def test_train_saves_a_judge_that_sagelm_judge_loads(tmp_path, tiny_dir, tone_data):
+    from sagelm.model import load_processor
+    from sagelm.samples import prepare, read_samples
+
+    lengths = sorted(prepare(read_samples([tone_data])[0], load_processor(tiny_dir)[0], 10_000).lengths)
+    cutoff = lengths[15]  # the 8 longest samples are dropped
     out = tmp_path / "judge"
-    results = train(_run_config(tiny_dir, tone_data, out, "max_steps=3", "cutoff_len=120"))
+    results = train(_run_config(tiny_dir, tone_data, out, "max_steps=3", f"cutoff_len={cutoff}"))
     summary = json.loads((out / "train_summary.json").read_text())
     assert results[0].steps == 3 and summary["stages"][0]["steps"] == 3
     counts = summary["stages"][0]["counts"]
-    assert counts["read"] == 24 and counts["kept"] + counts["too_long"] == 24 and counts["too_long"] > 0
+    assert counts == {
+        "read": 24,
+        "kept": sum(n <= cutoff for n in lengths),
+        "too_long": sum(n > cutoff for n in lengths),
+        "bad_audio": 0,
+        "bad_rows": 0,
+    }
+    assert counts["too_long"] > 0
     for f in ("config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"):
         assert (out / f).is_file() and (out / "stage-1" / "checkpoint-2" / f).is_file()
     before, after = _weights(tiny_dir), _weights(out)
@@ -135,9 +185,25 @@ def test_train_saves_a_judge_that_sagelm_judge_loads(tmp_path, tiny_dir, tone_da
     assert not any(k.startswith("audio_tower.") for k in changed)  # frozen by default
     rows = [json.loads(x) for x in tone_data.read_text().splitlines()[:1]]
     for model in (out, out / "stage-1" / "checkpoint-2"):
-        done = subprocess.run([*SAGELM, "judge", "--model", str(model), "--instruction", TONE_QUESTION,
-                               rows[0]["audio_1"], rows[0]["audio_2"], "--json", "--max-new-tokens", "4"],
-                              capture_output=True, text=True, env=ENV, timeout=120)  # fmt: skip
+        done = subprocess.run(
+            [
+                *SAGELM,
+                "judge",
+                "--model",
+                str(model),
+                "--instruction",
+                TONE_QUESTION,
+                rows[0]["audio_1"],
+                rows[0]["audio_2"],
+                "--json",
+                "--max-new-tokens",
+                "4",
+            ],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr
         records = [json.loads(x) for x in done.stdout.splitlines()]
         assert len(records) == 4 and all(r["error"] is None for r in records)
@@ -193,13 +259,24 @@ def test_two_stages_run_in_order_each_with_its_schedule(tmp_path, tiny_dir, tone
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             seen.append((state.max_steps, args.learning_rate, float(model.lm_head.weight.sum())))
 
-    config = load_config(None, [f"model_name_or_path={tiny_dir}", f"output_dir={tmp_path / 'out'}",
-                                "per_device_train_batch_size=4", "gradient_accumulation_steps=1", "warmup_ratio=0",
-                                "save_steps=1000", "logging_steps=1"])  # fmt: skip
-    config = config.model_copy(update={"stages": load_config(None, [
-        "output_dir=x", f"stages=[{{dataset: {tone_data}, epochs: 1, learning_rate: 0.002}},"
-        f" {{dataset: {second}, epochs: 2, learning_rate: 0.0005}}]"]).stages})  # fmt: skip
-    results = train(config)
+    stages = (
+        f"stages=[{{dataset: {tone_data}, epochs: 1, learning_rate: 0.002}},"
+        f" {{dataset: {second}, epochs: 2, learning_rate: 0.0005}}]"
+    )
+    config = load_config(
+        None,
+        [
+            f"model_name_or_path={tiny_dir}",
+            f"output_dir={tmp_path / 'out'}",
+            stages,
+            "per_device_train_batch_size=4",
+            "gradient_accumulation_steps=1",
+            "warmup_ratio=0",
+            "save_steps=1000",
+            "logging_steps=1",
+        ],
+    )
+    results = train(config, callbacks=[Watch()])
     assert [(r.index, r.steps, r.learning_rate) for r in results] == [(1, 6, 0.002), (2, 4, 0.0005)]
     assert [(s[0], s[1]) for s in seen] == [(6, 0.002), (4, 0.0005)]  # 24/4 x 1 epoch, then 8/4 x 2 epochs
     stage1 = _weights(tmp_path / "out" / "stage-1" / "final")
@@ -215,3 +292,85 @@ def test_cli_train_reports_bad_config_in_one_line(tmp_path):
     done = subprocess.run([*SAGELM, "train", str(path)], capture_output=True, text=True, env=ENV, timeout=60)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [f"sagelm: error: {path}: unknown key 'learning_rat'"]
+
+
+def test_shipped_configs_load():
+    recipe = load_config(REPO / "configs" / "sagelm_recipe.yaml")
+    assert [(s.epochs, s.learning_rate) for s in recipe.plan()] == [(3.0, 1e-5), (3.0, 1e-5)]
+    assert (recipe.cutoff_len, recipe.per_device_train_batch_size, recipe.gradient_accumulation_steps) == (4096, 2, 2)
+    assert recipe.freeze_audio_encoder and recipe.bf16 and recipe.lr_scheduler_type == "cosine"
+    ds = json.loads((REPO / "configs" / "ds_z2_config.json").read_text())
+    assert ds["zero_optimization"]["stage"] == 2
+    tiny = load_config(REPO / "configs" / "gender_tiny.yaml")
+    assert tiny.freeze_audio_encoder is False and tiny.max_steps > 0
+
+
+# -- proof that it learns ---------------------------------------------------------------------------------------
+def _order_accuracy(records: list[dict]) -> dict[bool, float]:
+    out = {}
+    for swapped in (False, True):
+        rs = [r for r in records if r["swapped"] is swapped]
+        out[swapped] = sum(r["verdict"] == r["label"] for r in rs) / len(rs)
+    return out
+
+
+def test_a_tiny_judge_learns_to_hear_the_requested_gender(tmp_path_factory):
+    """The README example, end to end through the command line: espeak-ng data, a tiny random thinker, the
+    shipped config, then `sagelm judge` on voices and sentences never heard in training, in both orders."""
+    from sagelm.synth import make_gender_set
+    from sagelm.tiny import TinySpec, build_tiny_judge
+
+    root = tmp_path_factory.mktemp("learn")
+    train_file, heldout = make_gender_set(root / "gender", train_pairs=1000, heldout_pairs=100, seed=0)
+    tiny = build_tiny_judge(root / "tiny", "thinker", TinySpec(hidden_size=128))
+    out = root / "judge"
+    done = subprocess.run(
+        [
+            *SAGELM,
+            "train",
+            str(REPO / "configs" / "gender_tiny.yaml"),
+            f"model_name_or_path={tiny}",
+            f"dataset={train_file}",
+            f"output_dir={out}",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "2000 samples (0 too long, 0 bad)" in done.stderr
+    judged = root / "heldout.jsonl"
+    done = subprocess.run(
+        [
+            *SAGELM,
+            "judge",
+            "--model",
+            str(out),
+            "--data",
+            str(heldout),
+            "--both-orders",
+            "--verdict-only",
+            "--batch-size",
+            "16",
+            "--output",
+            str(judged),
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = [json.loads(x) for x in judged.read_text().splitlines()]
+    assert len(records) == 200 and all(r["error"] is None for r in records)
+    accuracy = _order_accuracy(records)
+    assert accuracy[False] >= 0.85 and accuracy[True] >= 0.85, accuracy
+    # A judge that learned only a position ("always Response 1") fails the same bar.
+    position_only = [{**r, "verdict": "2" if r["swapped"] else "1"} for r in records]
+    assert min(_order_accuracy(position_only).values()) < 0.85
+    # sagelm eval reports the same per-order figures.
+    done = subprocess.run([*SAGELM, "eval", str(judged), "--json"], capture_output=True, text=True, env=ENV, timeout=60)
+    report = json.loads(done.stdout)
+    assert report["order"]["original"]["accuracy"] == pytest.approx(accuracy[False])
+    assert report["order"]["swapped"]["accuracy"] == pytest.approx(accuracy[True])

@@ -31,7 +31,7 @@ def rows(result: dict) -> list[list[str]]:
         invalid = cell.get("invalid", "")
         out.append([name, str(cell["n"]), _value(cell, "accuracy"), _value(cell, "agreement"),
                     f"{invalid:.2f}" if isinstance(invalid, float) else str(invalid)])  # fmt: skip
-    for name in ("debiased", "debiased_probabilities"):
+    for name in ("original", "swapped", "debiased", "debiased_probabilities"):
         if name in result.get("order", {}):
             cell = result["order"][name]
             out.append([f"order-{name.replace('_', '-')}", str(cell["n"]), _value(cell, "accuracy"),

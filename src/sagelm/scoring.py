@@ -8,6 +8,7 @@ read with the same `parse_verdict` that `sagelm judge` uses.
 from __future__ import annotations
 
 import json
+from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from os.path import basename
@@ -28,21 +29,103 @@ class ScoringError(ValueError):
     """Files that cannot be scored; the message names the file/row and the problem."""
 
 
-@dataclass(slots=True)
-class Unit:
-    """One judgment of one pair on one aspect: the plain order and, when judged both ways, the swapped one."""
+NO_LABEL = -2  # label code of a judgment with no reference label (such rows are not scored)
 
-    id: str
-    aspect: str | None
-    label: str | None = None
-    audios: tuple[str, ...] = ()
-    verdict: str | None = None
-    probs: list[float] | None = None
-    head: str = ""  # the first character of the judge's text: all the authors' scripts read of it
-    has_plain: bool = False
-    swapped_verdict: str | None = None
-    swapped_probs: list[float] | None = None
-    has_swapped: bool = False
+
+@dataclass
+class Judgments:
+    """The judgments of one predictions file, column by column (numpy), one entry per unit: a pair judged on
+    one aspect, in the plain order and, when judged both ways, the swapped one. A few dozen bytes per unit,
+    so memory does not grow with the text of the file."""
+
+    verdict: np.ndarray  # int8 code of the plain-order verdict (metrics.CODE), INVALID when none
+    probs: np.ndarray  # float32 [n, 3] over 1/2/Tie, NaN when absent
+    head: np.ndarray  # uint32: code point of the first character of the judge's text (0: none); the official view
+    has_plain: np.ndarray  # bool
+    swapped_verdict: np.ndarray
+    swapped_probs: np.ndarray
+    has_swapped: np.ndarray
+    label: np.ndarray  # int8 code, NO_LABEL when the row has none
+    group: np.ndarray  # int16 index into `names`
+    split: np.ndarray  # int16 index into `names` (the name "" for none)
+    cluster: np.ndarray  # int64: rows of the same pair (same two audios) share it
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.verdict)
+
+    def first_verdict(self) -> np.ndarray:
+        """The plain-order verdict, or the swapped one for units judged only swapped."""
+        return np.where(self.has_plain, self.verdict, self.swapped_verdict).astype(np.int8)
+
+    def select(self, mask: np.ndarray) -> Judgments:
+        cols = {k: v[mask] for k, v in self.__dict__.items() if isinstance(v, np.ndarray)}
+        return Judgments(**cols, names=self.names)
+
+
+class _Columns:
+    """Per-record columns, appended while streaming a predictions file."""
+
+    def __init__(self) -> None:
+        self.key, self.cluster = array("q"), array("q")
+        self.swapped, self.verdict, self.label = array("b"), array("b"), array("b")
+        self.probs = array("f")
+        self.head = array("I")
+        self.group, self.split = array("h"), array("h")
+        self.names: dict[str, int] = {"": 0}
+
+    def name(self, text: str) -> int:
+        return self.names.setdefault(text, len(self.names))
+
+    def add(self, key: int, swapped: bool, verdict: str | None, label: str | None, probs: dict | None,
+            head: str, aspect: str | None, audios: tuple[str, ...], cluster: int) -> None:  # fmt: skip
+        self.key.append(key)
+        self.swapped.append(swapped)
+        self.verdict.append(M.CODE.get(verdict, M.INVALID))  # type: ignore[arg-type]
+        self.label.append(NO_LABEL if label is None else M.CODE[label])  # type: ignore[index]
+        self.probs.extend(_probs(probs))
+        self.head.append(ord(head) if head else 0)
+        group = group_of(aspect, audios)
+        self.group.append(self.name(group))
+        self.split.append(self.name(split_of(group, audios) or ""))
+        self.cluster.append(cluster)
+
+    def units(self) -> Judgments:
+        """One entry per key, in order of first appearance; the last record of each order wins."""
+        key = np.frombuffer(self.key, dtype=np.int64)
+        n_rec = len(key)
+        uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        rank = np.empty(len(uniq), dtype=np.int64)
+        rank[np.argsort(first)] = np.arange(len(uniq))
+        unit = rank[inverse.reshape(-1)]
+        order = np.sort(first)
+        swapped = np.frombuffer(self.swapped, dtype=np.int8).astype(bool)
+        verdict = np.frombuffer(self.verdict, dtype=np.int8)
+        probs = np.frombuffer(self.probs, dtype=np.float32).reshape(n_rec, 3)
+        head = np.frombuffer(self.head, dtype=np.uint32)
+
+        def last_of(mask: np.ndarray) -> np.ndarray:
+            last = np.full(len(uniq), -1, dtype=np.int64)
+            idx = np.flatnonzero(mask)
+            np.maximum.at(last, unit[idx], idx)
+            return last
+
+        plain, swap = last_of(~swapped), last_of(swapped)
+        has_plain, has_swapped = plain >= 0, swap >= 0
+        return Judgments(
+            verdict=np.where(has_plain, verdict[plain], M.INVALID).astype(np.int8),
+            probs=np.where(has_plain[:, None], probs[plain], np.nan).astype(np.float32),
+            head=np.where(has_plain, head[plain], 0).astype(np.uint32),
+            has_plain=has_plain,
+            swapped_verdict=np.where(has_swapped, verdict[swap], M.INVALID).astype(np.int8),
+            swapped_probs=np.where(has_swapped[:, None], probs[swap], np.nan).astype(np.float32),
+            has_swapped=has_swapped,
+            label=np.frombuffer(self.label, dtype=np.int8)[order].copy(),
+            group=np.frombuffer(self.group, dtype=np.int16)[order].copy(),
+            split=np.frombuffer(self.split, dtype=np.int16)[order].copy(),
+            cluster=np.frombuffer(self.cluster, dtype=np.int64)[order].copy(),
+            names=list(self.names),
+        )
 
 
 def _lines(path: Path) -> Iterator[tuple[int, dict]]:
@@ -61,36 +144,36 @@ def _lines(path: Path) -> Iterator[tuple[int, dict]]:
             yield n, obj
 
 
-def _probs(p: dict | None) -> list[float] | None:
-    return None if not p else [float(p["1"]), float(p["2"]), float(p["Tie"])]
+_NO_PROBS = (float("nan"),) * 3
 
 
-def read_predictions(path: str | Path) -> list[Unit]:
-    """The judgment units of a predictions file, in order of first appearance."""
+def _probs(p: dict | None) -> tuple[float, float, float]:
+    return _NO_PROBS if not p else (float(p["1"]), float(p["2"]), float(p["Tie"]))
+
+
+def read_predictions(path: str | Path) -> Judgments:
+    """The judgments of a predictions file (streamed), one per (id, aspect) in order of first appearance."""
     path = Path(path)
-    units: dict[tuple, Unit] = {}
+    cols = _Columns()
     for n, obj in _lines(path):
-        if "predict" in obj:  # the authors' vllm_infer.py output
+        if "predict" in obj:  # the authors' vllm_infer.py output: every line is its own judgment
             predict = obj.get("predict") or ""
-            units[(n,)] = Unit(
-                id=str(n), aspect=find_aspect(obj.get("prompt", "")), label=label_of(obj.get("label")),
-                verdict=parse_verdict(predict), head=predict[:1], has_plain=True,
-            )  # fmt: skip
+            key = hash(("\0line", n))
+            cols.add(key, False, parse_verdict(predict), label_of(obj.get("label")), None, predict[:1],
+                     find_aspect(obj.get("prompt", "")), (), key)  # fmt: skip
             continue
         if "verdict" not in obj or "id" not in obj:
             raise ScoringError(f"{path} line {n}: neither a sagelm judgment nor a vllm_infer row")
-        key = (str(obj["id"]), obj.get("aspect"))
-        u = units.get(key)
-        if u is None:
-            audios = tuple(a for a in (obj.get("audio_1"), obj.get("audio_2")) if a)
-            u = units[key] = Unit(id=key[0], aspect=key[1], label=obj.get("label"), audios=audios)
-        if obj.get("swapped"):
-            u.swapped_verdict, u.swapped_probs = obj.get("verdict"), _probs(obj.get("probabilities"))
-            u.has_swapped = True
-        else:
-            u.verdict, u.probs, u.has_plain = obj.get("verdict"), _probs(obj.get("probabilities")), True
-            u.head = (obj.get("raw") or "")[:1]
-    return list(units.values())
+        rid, aspect = str(obj["id"]), obj.get("aspect")
+        audios = tuple(a for a in (obj.get("audio_1"), obj.get("audio_2")) if a)
+        label = obj.get("label")
+        if label not in M.CODE:
+            raise ScoringError(f"{path} line {n}: label {label!r} is not 1, 2 or Tie")
+        verdict = obj.get("verdict")
+        cols.add(hash((rid, aspect)), bool(obj.get("swapped")), verdict if verdict in M.CODE else None, label,
+                 obj.get("probabilities"), (obj.get("raw") or "")[:1], aspect, audios,
+                 hash(audios) if audios else hash(("\0id", rid)))  # fmt: skip
+    return cols.units()
 
 
 def read_reference(path: str | Path) -> list[RefRow]:
@@ -111,11 +194,26 @@ def read_reference(path: str | Path) -> list[RefRow]:
     return out
 
 
-def attach_reference(units: list[Unit], refs: list[RefRow], pred_path: Path, ref_path: Path) -> None:
+def attach_reference(units: Judgments, refs: list[RefRow], pred_path: Path, ref_path: Path) -> None:
+    """Labels, groups and pairs from the reference rows, paired with the judgments by order."""
     if len(units) != len(refs):
         raise ScoringError(f"{pred_path} has {len(units)} judgments but {ref_path} has {len(refs)} rows")
-    for u, r in zip(units, refs, strict=True):
-        u.label, u.aspect, u.audios = label_of(r.output), find_aspect(r.instruction), r.audios
+    names = {n: i for i, n in enumerate(units.names)}
+
+    def code(name: str) -> int:
+        if name not in names:
+            names[name] = len(names)
+            units.names.append(name)
+        return names[name]
+
+    for i, r in enumerate(refs):
+        label = label_of(r.output)
+        group = group_of(find_aspect(r.instruction), r.audios)
+        units.label[i] = NO_LABEL if label is None else M.CODE[label]
+        units.group[i] = code(group)
+        units.split[i] = code(split_of(group, r.audios) or "")
+        if r.audios:
+            units.cluster[i] = hash(r.audios)
 
 
 def group_of(aspect: str | None, audios: Sequence[str]) -> str:
@@ -162,40 +260,41 @@ def _cell(pred: np.ndarray, label: np.ndarray, clusters: np.ndarray, seed: int, 
     return out
 
 
-def report(units: list[Unit], seed: int = 0) -> dict:
+def report(units: Judgments, seed: int = 0) -> dict:
     """Accuracy, agreement, invalid count per group and overall, with bootstrap CIs (resampling pairs), kappa,
-    confusion, distributions and P(prefer Response 1); order flips and debiased scores when both orders exist."""
-    units = [u for u in units if u.label is not None]
-    if not units:
+    confusion, distributions and P(prefer Response 1); each order, order flips and debiased scores when both
+    orders exist."""
+    units = units.select(units.label != NO_LABEL)
+    if not len(units):
         raise ScoringError("no row has a reference label (give --reference REF.json)")
-    first = [u.verdict if u.has_plain else u.swapped_verdict for u in units]
-    pred, label = M.encode(first), M.encode([u.label for u in units])
-    pair_index: dict[object, int] = {}  # a pair is its two audios (all its aspects), else its id
-    clusters = np.array([pair_index.setdefault(u.audios or u.id, len(pair_index)) for u in units])
-    groups = np.array([group_of(u.aspect, u.audios) for u in units])
-    splits = np.array([split_of(g, u.audios) or "" for g, u in zip(groups, units, strict=True)])
+    pred, label, clusters = units.first_verdict(), units.label, units.cluster
     out: dict = {"overall": _cell(pred, label, clusters, seed, True), "groups": {}, "splits": {}}
     order = [g for g in dict.fromkeys(a.group for a in ASPECTS.values())] + ["implicit_emotion"]
-    for g in sorted(set(groups), key=lambda g: (order.index(g) if g in order else len(order), g)):
-        m = groups == g
-        out["groups"][str(g)] = _cell(pred[m], label[m], clusters[m], seed, True)
-    for s in sorted(set(splits) - {""}):
-        m = splits == s
-        out["splits"][str(s)] = _cell(pred[m], label[m], clusters[m], seed, False)
-    both = [i for i, u in enumerate(units) if u.has_plain and u.has_swapped]
-    if both:
-        plain = pred[both]
-        swapped = M.encode([units[i].swapped_verdict for i in both])
+    present = sorted({units.names[g] for g in np.unique(units.group)},
+                     key=lambda g: (order.index(g) if g in order else len(order), g))  # fmt: skip
+    for g in present:
+        m = units.group == units.names.index(g)
+        out["groups"][g] = _cell(pred[m], label[m], clusters[m], seed, True)
+    for code in np.unique(units.split):
+        name = units.names[code]
+        if name:
+            m = units.split == code
+            out["splits"][name] = _cell(pred[m], label[m], clusters[m], seed, False)
+    out["splits"] = dict(sorted(out["splits"].items()))
+    both = units.has_plain & units.has_swapped
+    if both.any():
+        plain, swapped = units.verdict[both], units.swapped_verdict[both]
         lab, cl = label[both], clusters[both]
         ok = (plain != M.INVALID) & (swapped != M.INVALID)
         order_report = {
-            "n_pairs": len(both),
+            "n_pairs": int(both.sum()),
             "flip_rate": float(np.mean(plain[ok] != swapped[ok])) if ok.any() else float("nan"),
+            "original": _cell(plain, lab, cl, seed, False),  # each order on its own
+            "swapped": _cell(swapped, lab, cl, seed, False),
             "debiased": _cell(M.debias(plain, swapped), lab, cl, seed, False),
         }
-        if all(units[i].probs and units[i].swapped_probs for i in both):
-            pp = np.array([units[i].probs for i in both])
-            ps = np.array([units[i].swapped_probs for i in both])
+        pp, ps = units.probs[both], units.swapped_probs[both]
+        if not (np.isnan(pp).any() or np.isnan(ps).any()):
             order_report["debiased_probabilities"] = _cell(M.debias_probabilities(pp, ps), lab, cl, seed, False)
         out["order"] = order_report
     return out
@@ -223,18 +322,21 @@ def _across_runs(reports: list[dict], keys: tuple[str, ...]) -> dict:
     return {"overall": merge([r["overall"] for r in reports]), "groups": groups}
 
 
-def combine_runs(reports: list[dict], runs: list[list[Unit]], seed: int = 0) -> dict:
+def combine_runs(reports: list[dict], runs: list[Judgments], seed: int = 0) -> dict:
     """Several runs of the same rows: each run's report, mean +- std across runs, and the majority vote."""
     out: dict = {"runs": reports, **_across_runs(reports, ("accuracy", "agreement", "invalid"))}
     n = {len(r) for r in runs}
     if len(n) != 1:
         raise ScoringError(f"the prediction files hold different numbers of judgments ({sorted(n)})")
-    votes = np.stack([M.encode([u.verdict for u in r]) for r in runs])
-    winner = M.majority(votes)
-    names = {M.CODE[v]: v for v in ("1", "2", "Tie", None)}
-    vote_units = [Unit(id=u.id, aspect=u.aspect, label=u.label, audios=u.audios, verdict=names[int(w)],
-                       has_plain=True) for u, w in zip(runs[0], winner, strict=True)]  # fmt: skip
-    out["majority"] = report(vote_units, seed)
+    winner = M.majority(np.stack([r.verdict for r in runs]))
+    first = runs[0]
+    vote = Judgments(
+        verdict=winner, probs=first.probs, head=first.head, has_plain=np.ones(len(first), dtype=bool),
+        swapped_verdict=np.full(len(first), M.INVALID, dtype=np.int8), swapped_probs=first.swapped_probs,
+        has_swapped=np.zeros(len(first), dtype=bool), label=first.label, group=first.group, split=first.split,
+        cluster=first.cluster, names=first.names,
+    )  # fmt: skip
+    out["majority"] = report(vote, seed)
     return out
 
 
@@ -266,11 +368,11 @@ def evaluate_official(predictions: Sequence[str | Path], reference: str | Path |
     results = []
     for p in predictions:
         units = read_predictions(p)
-        if any(u.has_swapped for u in units):
+        if units.has_swapped.any():
             raise ScoringError(f"{p}: official scoring takes one judgment per row, not both orders")
         if len(units) != len(refs):
             raise ScoringError(f"{p} has {len(units)} judgments but {reference} has {len(refs)} rows")
-        texts = [u.head if u.has_plain else "" for u in units]
+        texts = [chr(h) if h else "" for h in units.head.tolist()]
         try:
             res = script(refs, texts)
         except OfficialScriptError as e:

@@ -35,9 +35,8 @@ ESPEAK = "espeak-ng"
 # espeak-ng voice variants whose files declare the gender (espeak-ng-data/voices/!v).
 MALE_VOICES = ("m1", "m2", "m3", "m4", "m6", "m7", "m8", "Andy", "Denis", "Diogo", "Hugo", "antonio", "michel",
                "miguel", "sandro", "travis", "victor", "Lee", "Henrique")  # fmt: skip
-FEMALE_VOICES = ("f1", "f2", "f3", "f4", "f5", "Alicia", "Andrea", "Annie", "anika", "belinda", "linda",
-                 "grandma", "steph", "steph3")  # fmt: skip
-HELD_OUT_VOICES = ("m7", "victor", "Henrique", "f4", "Andrea", "grandma")
+FEMALE_VOICES = ("f1", "f2", "f3", "f4", "f5", "Alicia", "Andrea", "anika", "belinda", "linda", "steph", "steph3")
+HELD_OUT_VOICES = ("m7", "victor", "Henrique", "f4", "Andrea", "steph3")
 BASE_VOICES = ("en-us", "en")  # the language voice the variant is applied to
 
 SENTENCES = (
@@ -113,9 +112,18 @@ def verdict(wanted: Gender, first: Gender, second: Gender) -> Verdict:
     return "Tie" if ok1 == ok2 else ("1" if ok1 else "2")
 
 
+def _row(question: str, wanted: Gender, first: tuple[str, Gender], second: tuple[str, Gender]) -> dict:
+    return {
+        "instruction": instruction_prompt(ASPECT, question),
+        "input": "",
+        "output": f"{verdict(wanted, first[1], second[1])}\n{rationale(wanted, first[1], second[1])}",
+        "audios": [first[0], second[0]],
+    }
+
+
 def _split_rows(
     out: Path, name: str, n_pairs: int, held_out: bool, rng: np.random.Generator, tie_share: float,
-    clip: Callable[[str, Voice], str],
+    clip: Callable[[str, Voice], str], both_orders: bool,
 ) -> list[dict]:  # fmt: skip
     pool = voices(held_out)
     by_gender = {g: [v for v in pool if v.gender == g] for g in ("male", "female")}
@@ -134,12 +142,10 @@ def _split_rows(
         while v2 == v1:
             v2 = by_gender[g2][rng.integers(len(by_gender[g2]))]
         question = QUESTION_TEMPLATES[rng.integers(len(QUESTION_TEMPLATES))].format(sentence=sentence, gender=wanted)
-        rows.append({
-            "instruction": instruction_prompt(ASPECT, question),
-            "input": "",
-            "output": f"{verdict(wanted, g1, g2)}\n{rationale(wanted, g1, g2)}",
-            "audios": [clip(sentence, v1), clip(sentence, v2)],
-        })  # fmt: skip
+        a, b = (clip(sentence, v1), g1), (clip(sentence, v2), g2)
+        rows.append(_row(question, wanted, a, b))
+        if both_orders:  # the other order, its rationale written for that order (Response 1 named first)
+            rows.append(_row(question, wanted, b, a))
     path = out / f"{name}.json"
     path.write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return rows
@@ -147,9 +153,12 @@ def _split_rows(
 
 def make_gender_set(
     out: str | Path, train_pairs: int = 300, heldout_pairs: int = 100, seed: int = 0, tie_share: float = 0.2,
-    on_clip: Callable[[], None] | None = None,
+    train_both_orders: bool = True, on_clip: Callable[[], None] | None = None,
 ) -> tuple[Path, Path]:  # fmt: skip
     """Write `train.json` and `heldout.json` (SageLM JSON rows) and their wav files under `out/audio/`.
+
+    With `train_both_orders` each training pair is written in both orders (2 x `train_pairs` rows), each with a
+    rationale that names Response 1 first; the held-out pairs are written once (judge them with --both-orders).
 
     Each (sentence, voice) reading is made once, with a speed and pitch drawn for it, and reused across pairs.
     Returns the two data files.
@@ -163,14 +172,14 @@ def make_gender_set(
         if key not in made:
             rel = f"audio/s{SENTENCES.index(sentence):02d}-{voice.name}.wav"
             speak(sentence, voice.name, out / rel, speed=int(rng.integers(150, 200)),
-                  pitch=int(rng.integers(40, 61)), base=BASE_VOICES[rng.integers(len(BASE_VOICES))])  # fmt: skip
+                  pitch=int(rng.integers(45, 56)), base=BASE_VOICES[rng.integers(len(BASE_VOICES))])  # fmt: skip
             made[key] = rel
             if on_clip:
                 on_clip()
         return made[key]
 
-    _split_rows(out, "train", train_pairs, False, rng, tie_share, clip)
-    _split_rows(out, "heldout", heldout_pairs, True, rng, tie_share, clip)
+    _split_rows(out, "train", train_pairs, False, rng, tie_share, clip, train_both_orders)
+    _split_rows(out, "heldout", heldout_pairs, True, rng, tie_share, clip, False)
     logger.info("%s: %d train pairs, %d held-out pairs, %d clips", out, train_pairs, heldout_pairs, len(made))
     return out / "train.json", out / "heldout.json"
 

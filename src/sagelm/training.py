@@ -13,6 +13,7 @@ Layout of `output_dir`: `stage-K/checkpoint-N/` (Trainer checkpoints, each loada
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
@@ -214,6 +215,38 @@ def _trainer_callbacks(label: str, on_progress: Progress | None, losses: list[fl
     return [Report(), SaveFeatureExtractor()]
 
 
+def _trainer_class() -> type:
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration, Trainer
+
+    class JudgeTrainer(Trainer):
+        """Trainer whose resume reloads the thinker's weights by their saved names.
+
+        transformers 5.24 saves the thinker's weights under their checkpoint names (`audio_tower.*`, `model.*`)
+        but Trainer's own resume loads them by module names (`model.audio_tower.*`, `model.language_model.*`):
+        nothing but `lm_head` matches and it goes on from the wrong weights with a warning. `from_pretrained`
+        maps the names; this loads through it (tests/test_training.py checks resume against an unbroken run).
+        """
+
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+            model = model or self.model
+            saved = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(resume_from_checkpoint,
+                                                                               dtype=model.dtype)  # fmt: skip
+            model.load_state_dict(saved.state_dict())
+            logger.info("weights restored from %s", resume_from_checkpoint)
+
+    return JudgeTrainer
+
+
+def _submodule(thinker: Any, name: str) -> Any:
+    """`thinker.model.NAME` (transformers 5) or `thinker.NAME` (transformers 4)."""
+    for path in (f"model.{name}", name):
+        try:
+            return thinker.get_submodule(path)
+        except AttributeError:
+            continue
+    raise TrainConfigError(f"the model has no {name!r} module; is it a Qwen2.5-Omni thinker?")
+
+
 def _latest_checkpoint(folder: Path) -> Path | None:
     found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
     return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
@@ -224,6 +257,7 @@ def _is_model(folder: Path) -> bool:
 
 
 def _training_args(config: TrainConfig, stage: Stage, folder: Path, bf16: bool) -> Any:
+    import torch
     from transformers import TrainingArguments
 
     return TrainingArguments(
@@ -245,7 +279,8 @@ def _training_args(config: TrainConfig, stage: Stage, folder: Path, bf16: bool) 
         save_only_model=config.save_only_model,
         logging_steps=config.logging_steps,
         deepspeed=config.deepspeed,
-        gradient_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing=config.gradient_checkpointing,
+        dataloader_pin_memory=torch.cuda.is_available(),
         dataloader_num_workers=config.dataloader_num_workers,
         report_to=config.report_to,
         ddp_timeout=config.ddp_timeout,
@@ -268,7 +303,7 @@ def train(
 ) -> list[StageResult]:
     """Run every stage of `config` in order and save the judge in `config.output_dir`."""
     import torch
-    from transformers import PrinterCallback, Trainer
+    from transformers import PrinterCallback
 
     from sagelm.model import load_judge_model, load_processor, resolve_checkpoint
     from sagelm.samples import Collator, SampleDataset, data_files, prepare, read_samples
@@ -276,6 +311,9 @@ def train(
     out = Path(config.output_dir)
     stages = config.plan()
     resume = config.resume_from_checkpoint
+    if config.deepspeed and importlib.util.find_spec("deepspeed") is None:
+        raise TrainConfigError(f"deepspeed: {config.deepspeed} is set but the deepspeed package is not installed "
+                               "(pip install deepspeed, on a machine with CUDA GPUs)")  # fmt: skip
     if out.exists() and any(out.iterdir()) and not resume:
         if not config.overwrite_output_dir:
             raise TrainConfigError(
@@ -311,10 +349,10 @@ def train(
     thinker = judge.thinker
     thinker.config.use_cache = False
     thinker.requires_grad_(True)
+    # The vision tower is never used (and would leave DDP with unused parameters); the audio encoder is frozen
+    # as in SageLM's recipe unless asked otherwise.
     for name in ("visual",) + (("audio_tower",) if config.freeze_audio_encoder else ()):
-        part = getattr(thinker, name, None)
-        if part is not None:
-            part.requires_grad_(False)
+        _submodule(thinker, name).requires_grad_(False)
     trainable = sum(p.numel() for p in thinker.parameters() if p.requires_grad)
     logger.info("training %s parameters of %s (audio encoder %s)", f"{trainable:,}",
                 f"{sum(p.numel() for p in thinker.parameters()):,}",
@@ -343,7 +381,7 @@ def train(
         if start_from:
             logger.info("stage %d: resuming from %s", k, start_from)
         losses: list[float] = []
-        trainer = Trainer(
+        trainer = _trainer_class()(
             model=thinker,
             args=_training_args(config, stage, folder, bf16),
             data_collator=Collator(tokenizer, feature_extractor),
