@@ -374,3 +374,34 @@ def test_a_tiny_judge_learns_to_hear_the_requested_gender(tmp_path_factory):
     report = json.loads(done.stdout)
     assert report["order"]["original"]["accuracy"] == pytest.approx(accuracy[False])
     assert report["order"]["swapped"]["accuracy"] == pytest.approx(accuracy[True])
+
+
+def test_a_judge_for_a_new_aspect(tmp_path, tiny_dir):
+    from sagelm.aspects import ASPECTS
+
+    aspect = "pitch purity"
+    data = _tone_data(tmp_path / "d", 8, seed=3, aspect=aspect)
+    with pytest.raises(TrainConfigError, match="no sample left"):
+        train(_run_config(tiny_dir, data, tmp_path / "a", "max_steps=1"))  # unknown aspect: every row is bad
+    out = tmp_path / "b"
+    try:
+        train(_run_config(tiny_dir, data, out, "max_steps=2", f"new_aspects=[{aspect}]"))
+    finally:
+        ASPECTS.pop(aspect, None)
+    assert json.loads((out / "sagelm_aspects.json").read_text()) == {"new_aspects": [aspect]}
+    assert (out / "stage-1" / "checkpoint-2" / "sagelm_aspects.json").is_file()
+    row = json.loads(data.read_text().splitlines()[0])
+    pair = [row["audio_1"], row["audio_2"]]
+    done = subprocess.run(
+        [*SAGELM, "judge", "--model", str(out), "--instruction", TONE_QUESTION, *pair, "--aspect", aspect, "--json",
+         "--max-new-tokens", "2"],
+        capture_output=True, text=True, env=ENV, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(x)["aspect"] for x in done.stdout.splitlines()] == [aspect]
+    # A model that was not trained on it does not know it.
+    done = subprocess.run(
+        [*SAGELM, "judge", "--model", str(tiny_dir), "--instruction", TONE_QUESTION, *pair, "--aspect", aspect],
+        capture_output=True, text=True, env=ENV, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1 and "unknown aspect 'pitch purity'" in done.stderr

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
-Kind = Literal["semantic", "acoustic"]
+Kind = Literal["semantic", "acoustic", "custom"]
 
 
 @dataclass(frozen=True)
@@ -56,3 +58,37 @@ def get_aspect(name: str) -> Aspect:
     except KeyError:
         known = ", ".join(repr(n) for n in ASPECTS)
         raise UnknownAspectError(f"unknown aspect {name!r}; known aspects: {known}") from None
+
+
+# -- new aspects: a judge trained on aspects of its own (training's `new_aspects`) -----------------------------------
+ASPECTS_FILE = "sagelm_aspects.json"  # beside a trained checkpoint: the new aspects it was trained on
+
+
+def register_aspect(name: str) -> Aspect:
+    """Add `name` as an aspect (its exact prompt string; its scoring group is the name itself)."""
+    if name in ASPECTS:
+        return ASPECTS[name]
+    if not name.strip() or name != name.strip() or "**" in name or "\n" in name:
+        raise UnknownAspectError(f"new aspect {name!r}: needs text without '**', newlines or surrounding space")
+    ASPECTS[name] = Aspect(name, "custom", name)
+    return ASPECTS[name]
+
+
+def custom_aspects() -> list[str]:
+    return [n for n, a in ASPECTS.items() if a.kind == "custom"]
+
+
+def save_aspects(folder: str | Path, names: list[str]) -> None:
+    if names:
+        Path(folder, ASPECTS_FILE).write_text(json.dumps({"new_aspects": names}, indent=2) + "\n", encoding="utf-8")
+
+
+def load_aspects(folder: str | Path) -> list[str]:
+    """Register the new aspects a checkpoint folder was trained on (none when it has no ASPECTS_FILE)."""
+    path = Path(folder, ASPECTS_FILE)
+    if not path.is_file():
+        return []
+    names = json.loads(path.read_text(encoding="utf-8")).get("new_aspects", [])
+    for n in names:
+        register_aspect(n)
+    return names

@@ -194,9 +194,20 @@ def judge(
     _run(lambda: _judge_pair(audio, instruction, aspect, model_id, options, both_orders, batch_size, json_out))
 
 
+def _local_aspects(model_id: str) -> None:
+    """Register the new aspects of a trained judge in a local folder, so `--aspect` and data rows may name them
+    before the model is loaded."""
+    from sagelm.aspects import load_aspects
+
+    if Path(model_id).expanduser().is_dir():
+        load_aspects(Path(model_id).expanduser())
+
+
 def _judge_pair(audio, instruction, aspects, model_id, options, both_orders, batch_size, json_out) -> None:
     from sagelm.aspects import get_aspect
     from sagelm.audio import load_audio
+
+    _local_aspects(model_id)
 
     for a in aspects or []:
         get_aspect(a)
@@ -232,6 +243,7 @@ def _judge_dataset(data, output, aspects, model_id, options, both_orders, batch_
     from sagelm.data import BadRow, read_pairs
     from sagelm.records import Judgment, JudgmentLog, judgment_key
 
+    _local_aspects(model_id)
     items = list(_dataset_items(list(read_pairs(data)), aspects, both_orders))
     log = JudgmentLog(output)
     decoding = options.as_dict()

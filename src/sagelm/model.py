@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from sagelm.aspects import load_aspects
 from sagelm.prompts import AUDIO_BOS, AUDIO_EOS, AUDIO_TOKEN, IM_END
 from sagelm.verdicts import VERDICTS
 
@@ -138,6 +139,7 @@ def load_judge_model(model: str = DEFAULT_MODEL, device: str | None = None, dtyp
     path = resolve_checkpoint(model)
     if not (path / "config.json").exists():
         raise ModelFormatError(f"{path}: no config.json; not a model checkpoint")
+    load_aspects(path)  # the new aspects a trained judge knows
     auto_device, auto_dtype = default_device_dtype()
     device = device or auto_device
     dtype = dtype or auto_dtype

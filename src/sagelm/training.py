@@ -92,6 +92,7 @@ class TrainConfig(BaseModel):
     report_to: str = "none"
     ddp_timeout: int = Field(default=1800, ge=1)
     # ours
+    new_aspects: list[str] = Field(default_factory=list)  # aspects beyond SageLM's eight, as written in the prompts
     freeze_audio_encoder: bool = True
     swap_augment: bool = False
     stages: list[Stage] | None = None
@@ -162,6 +163,13 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Train
         value = err.get("input")
         raise TrainConfigError(f"{where}: {key}={value!r}: {err['msg']}") from None
     config.plan()
+    from sagelm.aspects import UnknownAspectError, register_aspect
+
+    for name in config.new_aspects:
+        try:
+            register_aspect(name)
+        except UnknownAspectError as e:
+            raise TrainConfigError(f"{where}: {e}") from None
     if config.deepspeed and not Path(config.deepspeed).is_file():
         raise TrainConfigError(f"{where}: deepspeed config {config.deepspeed!r} not found")
     return config
@@ -184,8 +192,12 @@ class StageResult:
 Progress = Callable[[str, int, int], None]  # (stage label, step, total steps)
 
 
-def _trainer_callbacks(label: str, on_progress: Progress | None, losses: list[float], feature_extractor: Any):
+def _trainer_callbacks(
+    label: str, on_progress: Progress | None, losses: list[float], feature_extractor: Any, new_aspects: list[str]
+) -> list[Any]:
     from transformers import TrainerCallback
+
+    from sagelm.aspects import save_aspects
 
     class Report(TrainerCallback):
         """Progress and loss to the caller and the log (not print: Trainer's own printer is removed)."""
@@ -210,7 +222,9 @@ def _trainer_callbacks(label: str, on_progress: Progress | None, losses: list[fl
 
         def on_save(self, args, state, control, **kwargs):
             if state.is_world_process_zero:
-                feature_extractor.save_pretrained(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                feature_extractor.save_pretrained(folder)
+                save_aspects(folder, new_aspects)
 
     return [Report(), SaveFeatureExtractor()]
 
@@ -289,11 +303,14 @@ def _training_args(config: TrainConfig, stage: Stage, folder: Path, bf16: bool) 
     )
 
 
-def _save_judge(trainer: Any, folder: Path, tokenizer: Any, feature_extractor: Any) -> None:
+def _save_judge(trainer: Any, folder: Path, tokenizer: Any, feature_extractor: Any, new_aspects: list[str]) -> None:
+    from sagelm.aspects import save_aspects
+
     trainer.save_model(str(folder))
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(folder)
         feature_extractor.save_pretrained(folder)
+        save_aspects(folder, new_aspects)
 
 
 def train(
@@ -387,14 +404,17 @@ def train(
             data_collator=Collator(tokenizer, feature_extractor),
             train_dataset=SampleDataset(ready.samples),
             processing_class=tokenizer,
-            callbacks=[*_trainer_callbacks(f"stage {k}", on_progress, losses, feature_extractor), *callbacks],
+            callbacks=[
+                *_trainer_callbacks(f"stage {k}", on_progress, losses, feature_extractor, config.new_aspects),
+                *callbacks,
+            ],
         )  # fmt: skip
         trainer.remove_callback(PrinterCallback)
         t0 = time.perf_counter()
         trainer.train(resume_from_checkpoint=start_from)
         seconds = time.perf_counter() - t0
         thinker.config.use_cache = True
-        _save_judge(trainer, final, tokenizer, feature_extractor)
+        _save_judge(trainer, final, tokenizer, feature_extractor, config.new_aspects)
         thinker.config.use_cache = False
         results.append(StageResult(
             index=k, datasets=[str(f) for f in files], counts=ready.summary(), steps=trainer.state.global_step,
