@@ -72,3 +72,20 @@ def test_missing_espeak_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(synth.SynthError, match="espeak-ng not found: install it"):
         synth.speak("hello", "m1", tmp_path / "x.wav")
+
+
+def test_cli_synth_gender(tmp_path):
+    import os
+    import subprocess
+
+    from conftest import REPO
+
+    exe = REPO / ".venv" / "bin" / "sagelm"
+    done = subprocess.run(
+        [str(exe) if exe.exists() else "sagelm", "synth", "gender", str(tmp_path / "g"), "--train-pairs", "3",
+         "--heldout-pairs", "2", "--seed", "1"],
+        capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads((tmp_path / "g" / "train.json").read_text())) == 6
+    assert len(json.loads((tmp_path / "g" / "heldout.json").read_text())) == 2

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sagelm.data import BadRow, read_pairs
 from sagelm.prompts import instruction_prompt
+from sagelm.samples import read_samples
 
 logger = logging.getLogger(__name__)
 
@@ -67,27 +67,18 @@ def dataset_entry(file_name: str) -> dict[str, Any]:
 
 
 def _rows(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    rows: list[dict[str, Any]] = []
-    problems: list[str] = []
-    for pair in read_pairs(path):
-        if isinstance(pair, BadRow):
-            problems.append(pair.error)
-            continue
-        where = f"{path} row {pair.id}"
-        output = pair.reference if pair.reference is not None else pair.label
-        if output is None:
-            problems.append(f"{where}: no label to train on")
-            continue
-        if pair.aspect is None:
-            problems.append(f"{where}: no aspect (give it in the prompt or an 'aspect' field)")
-            continue
-        rows.append({
-            "instruction": instruction_prompt(pair.aspect, pair.question),
+    """The trainable rows of a data file (as `sagelm train` reads them), in the SageLM JSON columns."""
+    samples, problems = read_samples([path])
+    rows = [
+        {
+            "instruction": instruction_prompt(s.aspect, s.question),
             "input": "",
-            "output": output,
+            "output": f"{s.verdict}\n{s.rationale}" if s.rationale else s.verdict,
             # Absolute: LLaMA-Factory joins media_dir with the path, which keeps an absolute path as is.
-            "audios": [str(Path(pair.audio_1).resolve()), str(Path(pair.audio_2).resolve())],
-        })  # fmt: skip
+            "audios": [str(Path(s.audio_1).resolve()), str(Path(s.audio_2).resolve())],
+        }
+        for s in samples
+    ]
     return rows, problems
 
 
