@@ -313,6 +313,55 @@ def _save_judge(trainer: Any, folder: Path, tokenizer: Any, feature_extractor: A
         save_aspects(folder, new_aspects)
 
 
+def _prepare_stage(k: int, stage: Stage, config: TrainConfig, tokenizer: Any) -> tuple[list[Path], Any]:
+    """A stage's data files and its checked, counted samples; a stage left with nothing stops the run."""
+    from sagelm.samples import data_files, prepare, read_samples
+
+    files = data_files(stage.dataset, config.dataset_dir)
+    samples, problems = read_samples(files, config.max_samples)
+    ready = prepare(samples, tokenizer, config.cutoff_len, config.swap_augment, problems)
+    for p in ready.problems:
+        logger.warning("%s", p)
+    logger.info("stage %d: %s", k, ready.summary())
+    if not ready.samples:
+        raise TrainConfigError(f"stage {k} ({', '.join(map(str, files))}): no sample left to train on "
+                               f"({ready.summary()})")  # fmt: skip
+    return files, ready
+
+
+def _trainable_thinker(path: str, dtype: Any, freeze_audio_encoder: bool) -> Any:
+    """The thinker, loaded by the judge's own code, with what is not trained frozen."""
+    from sagelm.model import load_judge_model
+
+    thinker = load_judge_model(path, device="cpu", dtype=dtype).thinker
+    thinker.config.use_cache = False
+    thinker.requires_grad_(True)
+    # The vision tower is never used (and would leave DDP with unused parameters); the audio encoder is frozen
+    # as in SageLM's recipe unless asked otherwise.
+    for name in ("visual",) + (("audio_tower",) if freeze_audio_encoder else ()):
+        _submodule(thinker, name).requires_grad_(False)
+    trainable = sum(p.numel() for p in thinker.parameters() if p.requires_grad)
+    logger.info("training %s parameters of %s (audio encoder %s)", f"{trainable:,}",
+                f"{sum(p.numel() for p in thinker.parameters()):,}",
+                "frozen" if freeze_audio_encoder else "trained")  # fmt: skip
+    return thinker.train()
+
+
+def _write_summary(out: Path, config: TrainConfig, results: list[StageResult], resumed: bool) -> None:
+    summary = {
+        "model_name_or_path": config.model_name_or_path,
+        "config": config.model_dump(exclude_none=True),
+        "stages": [r.__dict__ for r in results],
+    }
+    path = out / SUMMARY_FILE
+    if path.is_file() and resumed:  # keep what earlier runs recorded of the stages this one skipped
+        done = {s["index"] for s in summary["stages"]}
+        old = json.loads(path.read_text(encoding="utf-8")).get("stages", [])
+        summary["stages"] = sorted([s for s in old if s["index"] not in done] + summary["stages"],
+                                   key=lambda s: s["index"])  # fmt: skip
+    path.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+
+
 def train(
     config: TrainConfig,
     on_progress: Progress | None = None,
@@ -322,8 +371,8 @@ def train(
     import torch
     from transformers import PrinterCallback
 
-    from sagelm.model import load_judge_model, load_processor, resolve_checkpoint
-    from sagelm.samples import Collator, SampleDataset, data_files, prepare, read_samples
+    from sagelm.model import load_processor, resolve_checkpoint
+    from sagelm.samples import Collator, SampleDataset
 
     out = Path(config.output_dir)
     stages = config.plan()
@@ -331,50 +380,24 @@ def train(
     if config.deepspeed and importlib.util.find_spec("deepspeed") is None:
         raise TrainConfigError(f"deepspeed: {config.deepspeed} is set but the deepspeed package is not installed "
                                "(pip install deepspeed, on a machine with CUDA GPUs)")  # fmt: skip
-    if out.exists() and any(out.iterdir()) and not resume:
-        if not config.overwrite_output_dir:
-            raise TrainConfigError(
-                f"output_dir {out} is not empty; set resume_from_checkpoint: true to continue that run, "
-                "overwrite_output_dir: true to replace it, or choose another output_dir"
-            )
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    # Everything that can fail on the data fails here, before the model is loaded.
+    if out.exists() and any(out.iterdir()) and not resume and not config.overwrite_output_dir:
+        raise TrainConfigError(
+            f"output_dir {out} is not empty; set resume_from_checkpoint: true to continue that run, "
+            "overwrite_output_dir: true to replace it, or choose another output_dir"
+        )
+    # Everything that can fail on the data fails here, before the model is loaded or anything is removed.
     base = resolve_checkpoint(config.model_name_or_path)
     tokenizer, feature_extractor = load_processor(base)
-    prepared = []
-    for k, stage in enumerate(stages, start=1):
-        files = data_files(stage.dataset, config.dataset_dir)
-        samples, problems = read_samples(files, config.max_samples)
-        ready = prepare(samples, tokenizer, config.cutoff_len, config.swap_augment, problems)
-        for p in ready.problems:
-            logger.warning("%s", p)
-        logger.info("stage %d: %s", k, ready.summary())
-        if not ready.samples:
-            raise TrainConfigError(f"stage {k} ({', '.join(map(str, files))}): no sample left to train on "
-                                   f"({ready.summary()})")  # fmt: skip
-        prepared.append((files, ready))
-
-    cuda = torch.cuda.is_available()
-    bf16 = config.bf16 and cuda
-    if config.bf16 and not cuda:
+    prepared = [_prepare_stage(k, stage, config, tokenizer) for k, stage in enumerate(stages, start=1)]
+    if out.exists() and not resume and config.overwrite_output_dir:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    bf16 = config.bf16 and torch.cuda.is_available()
+    if config.bf16 and not bf16:
         logger.info("no GPU: training in float32 (bf16 needs one)")
     # With DeepSpeed, bf16 weights (it keeps float32 master weights itself); otherwise float32 and autocast.
     dtype = torch.bfloat16 if bf16 and config.deepspeed else torch.float32
-    judge = load_judge_model(str(base), device="cpu", dtype=dtype)
-    thinker = judge.thinker
-    thinker.config.use_cache = False
-    thinker.requires_grad_(True)
-    # The vision tower is never used (and would leave DDP with unused parameters); the audio encoder is frozen
-    # as in SageLM's recipe unless asked otherwise.
-    for name in ("visual",) + (("audio_tower",) if config.freeze_audio_encoder else ()):
-        _submodule(thinker, name).requires_grad_(False)
-    trainable = sum(p.numel() for p in thinker.parameters() if p.requires_grad)
-    logger.info("training %s parameters of %s (audio encoder %s)", f"{trainable:,}",
-                f"{sum(p.numel() for p in thinker.parameters()):,}",
-                "frozen" if config.freeze_audio_encoder else "trained")  # fmt: skip
-    thinker.train()
+    thinker = _trainable_thinker(str(base), dtype, config.freeze_audio_encoder)
 
     results: list[StageResult] = []
     for k, (stage, (files, ready)) in enumerate(zip(stages, prepared, strict=True), start=1):
@@ -423,18 +446,7 @@ def train(
         ))  # fmt: skip
         logger.info("stage %d: %d steps in %.0f s, saved %s", k, trainer.state.global_step, seconds, final)
     thinker.eval()
-    summary = {
-        "model_name_or_path": config.model_name_or_path,
-        "config": config.model_dump(exclude_none=True),
-        "stages": [r.__dict__ for r in results],
-    }
-    previous = out / SUMMARY_FILE
-    if previous.is_file() and resume:
-        old = json.loads(previous.read_text(encoding="utf-8"))
-        done = {s["index"] for s in summary["stages"]}
-        summary["stages"] = sorted([s for s in old.get("stages", []) if s["index"] not in done] + summary["stages"],
-                                   key=lambda s: s["index"])  # fmt: skip
-    previous.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+    _write_summary(out, config, results, bool(resume))
     return results
 
 
