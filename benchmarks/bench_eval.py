@@ -15,7 +15,7 @@ from pathlib import Path
 
 N = 400_000
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 t = time.perf_counter()
 mode, ref, pred = sys.argv[1:4]
 if mode == "baseline":
@@ -37,8 +37,9 @@ else:
         out = scoring.evaluate([pred], ref)
     else:
         out = scoring.evaluate([pred])
-print(json.dumps({"seconds": time.perf_counter() - t,
-                  "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child would report its parent's peak.
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps({"seconds": time.perf_counter() - t, "peak_mib": hwm / 1024}))
 """
 
 

@@ -87,9 +87,21 @@ def parse_instruction(instruction: str) -> tuple[str, str]:
 
 
 _ASPECT_RE = re.compile(r"Evaluate in terms of \*\*(.*?)\*\* and indicate a better response using 1, 2 or Tie\.")
+_ASPECT_PREFIX = "Evaluate in terms of **"
+_ASPECT_SUFFIX = "** and indicate a better response using 1, 2 or Tie."
 
 
 def find_aspect(text: str) -> str | None:
-    """The aspect named in a judge prompt (plain or chat-rendered), or None; robust to `**` in the question."""
+    """The aspect named in a judge prompt (plain or chat-rendered), or None; robust to `**` in the question.
+
+    Plain string search first (scoring calls this once per row of large files); the regex decides the rare
+    cases where the first prefix/suffix pair is not the answer (a newline between them).
+    """
+    i = text.find(_ASPECT_PREFIX)
+    if i >= 0:
+        start = i + len(_ASPECT_PREFIX)
+        j = text.find(_ASPECT_SUFFIX, start)
+        if j >= 0 and "\n" not in text[start:j]:
+            return text[start:j]
     m = _ASPECT_RE.search(text)
     return m.group(1) if m else None
