@@ -198,3 +198,18 @@ def test_eval_imports_no_model_code(tmp_path):
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
     assert p.stderr.strip().endswith("[]")
+
+
+def test_reading_beside_the_reference_in_a_second_process_gives_the_same_report(tmp_path, release, monkeypatch):
+    from sagelm import scoring
+
+    refs = json.loads((release / "test_semantic.json").read_text())
+    lines = [{"prompt": r["instruction"], "predict": ("1" if i % 3 else "Tie") + "\nok", "label": r["output"]}
+             for i, r in enumerate(refs)]  # fmt: skip
+    pred = write_jsonl(tmp_path / "p.jsonl", lines)
+    ref = release / "test_semantic.json"
+    alone = scoring.evaluate([pred], ref), scoring.evaluate_official([pred], ref)
+    monkeypatch.setattr(scoring, "PARALLEL_BYTES", 0)
+    assert (scoring.evaluate([pred], ref), scoring.evaluate_official([pred], ref)) == alone
+    with pytest.raises(scoring.ScoringError, match="no such predictions file"):
+        scoring.evaluate([tmp_path / "missing.jsonl"], ref)

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from os.path import basename
+from typing import NamedTuple
 
 SEMANTIC_ORDER = ("helpfulness", "honesty", "instruction_following", "truthfulness")
 _GREEDY_ASPECT = re.compile(r"Evaluate in terms of \*\*(.*)\*\*", re.DOTALL)
@@ -34,8 +34,9 @@ class OfficialScriptError(ValueError):
     pass
 
 
-@dataclass(frozen=True)
-class RefRow:
+class RefRow(NamedTuple):
+    """A reference row (a tuple: 400,000 of them are made in a blink, unlike frozen dataclasses)."""
+
     instruction: str
     output: str
     audios: tuple[str, ...]

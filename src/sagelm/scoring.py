@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import gc
 import json
+import multiprocessing
+import os
 from array import array
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from os.path import basename
@@ -245,12 +248,18 @@ def attach_reference(units: Judgments, refs: list[RefRow], pred_path: Path, ref_
             units.names.append(name)
         return names[name]
 
+    cache: dict[str | None, tuple[int, int]] = {}  # (group, split) codes by aspect, where audio paths don't matter
     for i, r in enumerate(refs):
         label = label_of(r.output)
-        group = group_of(find_aspect(r.instruction), r.audios)
         units.label[i] = NO_LABEL if label is None else M.CODE[label]
-        units.group[i] = code(group)
-        units.split[i] = code(split_of(group, r.audios) or "")
+        aspect = find_aspect(r.instruction)
+        codes = cache.get(aspect)
+        if codes is None:
+            group = group_of(aspect, r.audios)
+            codes = code(group), code(split_of(group, r.audios) or "")
+            if not r.audios or group not in AUDIO_GROUPS:
+                cache[aspect] = codes
+        units.group[i], units.split[i] = codes
         if r.audios:
             units.cluster[i] = hash(r.audios)
 
@@ -382,11 +391,30 @@ def combine_runs(reports: list[dict], runs: list[Judgments], seed: int = 0) -> d
     return out
 
 
+PARALLEL_BYTES = 32 * 2**20  # below this, reading predictions beside the reference is not worth a process
+
+
+def _read_all(predictions: Sequence[str | Path], reference: str | Path | None) -> tuple[list[Judgments], list | None]:
+    """The predictions files and the reference. With a large reference on a machine that can fork, the
+    predictions are streamed in a second process while this one parses the reference JSON (the two take about
+    as long); only the compact columns come back."""
+    own_labels = reference is None
+    if reference is None:
+        return [read_predictions(p, own_labels) for p in predictions], None
+    big = Path(reference).is_file() and Path(reference).stat().st_size >= PARALLEL_BYTES
+    if not big or "fork" not in multiprocessing.get_all_start_methods() or os.environ.get("SAGELM_NO_FORK"):
+        refs = read_reference(reference)
+        return [read_predictions(p, own_labels) for p in predictions], refs
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork")) as pool:
+        pending = [pool.submit(read_predictions, p, own_labels) for p in predictions]
+        refs = read_reference(reference)
+        return [f.result() for f in pending], refs
+
+
 def evaluate(predictions: Sequence[str | Path], reference: str | Path | None = None, seed: int = 0) -> dict:
-    refs = read_reference(reference) if reference else None
+    all_units, refs = _read_all(predictions, reference)
     runs = []
-    for p in predictions:
-        units = read_predictions(p, own_labels=refs is None)
+    for p, units in zip(predictions, all_units, strict=True):
         if refs is not None:
             attach_reference(units, refs, Path(p), Path(reference))  # type: ignore[arg-type]
         runs.append(units)
@@ -402,14 +430,14 @@ def evaluate_official(predictions: Sequence[str | Path], reference: str | Path |
 
     if reference is None:
         raise ScoringError("--compat official needs --reference REF.json, as the authors' scripts do")
-    refs = read_reference(reference)
+    all_units, refs = _read_all(predictions, reference)
+    assert refs is not None
     kinds = {ASPECTS[a].kind for r in refs if (a := find_aspect(r.instruction)) in ASPECTS}
     if len(kinds) != 1:
         raise ScoringError(f"{reference}: official scoring needs all-semantic or all-acoustic rows")
     script = official.semantic if kinds == {"semantic"} else official.acoustic
     results = []
-    for p in predictions:
-        units = read_predictions(p, own_labels=False)
+    for p, units in zip(predictions, all_units, strict=True):
         if units.has_swapped.any():
             raise ScoringError(f"{p}: official scoring takes one judgment per row, not both orders")
         if len(units) != len(refs):
