@@ -153,3 +153,17 @@ def test_demo_without_weights_says_so_in_one_line(release):
 def test_tiny_model_command(tmp_path, layout):
     run("tiny-model", tmp_path / "m", "--layout", layout)
     assert (tmp_path / "m" / "config.json").exists() and (tmp_path / "m" / "preprocessor_config.json").exists()
+
+
+def test_rerun_after_retraining_into_the_same_folder_judges_again(clips, tmp_path):
+    from sagelm.tiny import TinySpec, build_tiny_judge
+
+    model, data, out = tmp_path / "judge", _dataset(tmp_path, clips, 2), tmp_path / "out.jsonl"
+    build_tiny_judge(model, "thinker", TinySpec(seed=1))
+    args = ("judge", "--data", data, "--output", out, "--model", model, "--verdict-only")
+    run(*args)
+    run(*args)  # same judge: nothing to do
+    assert out.read_text().count("\n") == 2
+    build_tiny_judge(model, "thinker", TinySpec(seed=2))  # "retrained": same folder, new weights
+    done = run(*args)
+    assert out.read_text().count("\n") == 4, done.stderr  # judged again, the old records kept

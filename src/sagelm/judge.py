@@ -14,7 +14,7 @@ from sagelm.data import Pair
 from sagelm.decoding import DecodingOptions
 from sagelm.encoding import Example, build_inputs
 from sagelm.model import DEFAULT_MODEL, JudgeModel, load_judge_model
-from sagelm.records import Judgment, file_digest, judgment_key
+from sagelm.records import Judgment, file_digest, judgment_key, model_fingerprint
 from sagelm.verdicts import VERDICTS, parse_verdict, swap_probabilities, swap_verdict
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class TaskKeys:
     """The resume key of a task (records.judgment_key), with each audio file hashed once."""
 
     def __init__(self, model_name: str, options: DecodingOptions):
-        self.model_name = model_name
+        self.model_name = model_fingerprint(model_name)
         self.decoding = options.as_dict()
         self._digests: dict[str, str] = {}
 

@@ -55,6 +55,23 @@ def file_digest(path: str, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+
+
+def model_fingerprint(model: str) -> str:
+    """`model` plus, for a local folder, a digest of its config and weight files (names, sizes, modification
+    times): a judge retrained into the same folder is a different judge, and its judgments are made anew."""
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        return model
+    h = hashlib.sha256()
+    for f in sorted(folder.iterdir()):
+        if f.is_file() and (f.suffix in WEIGHT_SUFFIXES or f.name == "config.json"):
+            st = f.stat()
+            h.update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return f"{model}@{h.hexdigest()[:16]}"
+
+
 def judgment_key(
     audio_digests: tuple[str, str],
     question: str,
