@@ -257,7 +257,7 @@ def test_two_stages_run_in_order_each_with_its_schedule(tmp_path, tiny_dir, tone
 
     class Watch(TrainerCallback):
         def on_train_begin(self, args, state, control, model=None, **kwargs):
-            seen.append((state.max_steps, args.learning_rate, float(model.lm_head.weight.sum())))
+            seen.append((state.max_steps, args.learning_rate, float(model.lm_head.weight.detach().sum())))
 
     stages = (
         f"stages=[{{dataset: {tone_data}, epochs: 1, learning_rate: 0.002}},"
