@@ -36,6 +36,7 @@ class Sample:
     verdict: Verdict
     rationale: str  # may be empty: then the target is the verdict alone
     swapped: bool = False
+    source: str = ""  # the data file, for messages
 
     @property
     def answer(self) -> str:
@@ -88,7 +89,8 @@ def read_samples(paths: Sequence[str | Path], max_samples: int | None = None) ->
                 problems.append(f"{where}: no aspect (give it in the prompt or an 'aspect' field)")
                 continue
             rationale = (target or "").split("\n", 1)[1].strip("\n") if "\n" in (target or "") else ""
-            samples.append(Sample(row.id, row.aspect, row.question, row.audio_1, row.audio_2, verdict, rationale))
+            samples.append(Sample(row.id, row.aspect, row.question, row.audio_1, row.audio_2, verdict, rationale,
+                                  source=str(path)))  # fmt: skip
     return samples, problems
 
 
@@ -139,7 +141,7 @@ def prepare(
                 counts = [audio_tokens(s.audio_1), audio_tokens(s.audio_2)]
             except AudioError as e:
                 out.bad_audio += 1
-                out.problems.append(f"row {s.id}: {e}")
+                out.problems.append(f"{s.source} row {s.id}: {e}".lstrip())
                 continue
             prompt = len(tokenizer.encode(judge_text(s.aspect, s.question, counts), add_special_tokens=False))
             if s.answer not in answer_len:

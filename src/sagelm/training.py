@@ -434,7 +434,7 @@ def train(
         )  # fmt: skip
         trainer.remove_callback(PrinterCallback)
         t0 = time.perf_counter()
-        trainer.train(resume_from_checkpoint=start_from)
+        output = trainer.train(resume_from_checkpoint=start_from)
         seconds = time.perf_counter() - t0
         thinker.config.use_cache = True
         _save_judge(trainer, final, tokenizer, feature_extractor, config.new_aspects)
@@ -442,7 +442,8 @@ def train(
         results.append(StageResult(
             index=k, datasets=[str(f) for f in files], counts=ready.summary(), steps=trainer.state.global_step,
             epochs=float(stage.epochs or 0), learning_rate=float(stage.learning_rate or 0),
-            final_loss=losses[-1] if losses else None, seconds=round(seconds, 1), folder=str(final),
+            final_loss=losses[-1] if losses else float(output.training_loss), seconds=round(seconds, 1),
+            folder=str(final),
         ))  # fmt: skip
         logger.info("stage %d: %d steps in %.0f s, saved %s", k, trainer.state.global_step, seconds, final)
     thinker.eval()
