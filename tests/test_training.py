@@ -405,3 +405,20 @@ def test_a_judge_for_a_new_aspect(tmp_path, tiny_dir):
         capture_output=True, text=True, env=ENV, timeout=120,
     )  # fmt: skip
     assert done.returncode == 1 and "unknown aspect 'pitch purity'" in done.stderr
+
+
+def test_training_starts_from_a_full_omni_checkpoint(tmp_path, tiny_full_dir, tone_data):
+    from sagelm.model import load_judge_model
+
+    out = tmp_path / "from-full"
+    train(_run_config(tiny_full_dir, tone_data, out, "max_steps=1"))
+    assert json.loads((out / "config.json").read_text())["model_type"] == "qwen2_5_omni_thinker"
+    assert load_judge_model(str(out)).thinker.lm_head.weight.shape[0] > 0
+
+
+def test_unreachable_hub_model_is_one_line(tmp_path, tone_data):
+    path = _config(tmp_path, model_name_or_path="no-such-org/no-such-model", dataset=str(tone_data))
+    done = subprocess.run([*SAGELM, "train", str(path)], capture_output=True, text=True, env=ENV, timeout=60)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no-such-org/no-such-model" in lines[0] and "unreachable" in lines[0]
