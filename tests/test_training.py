@@ -422,3 +422,22 @@ def test_unreachable_hub_model_is_one_line(tmp_path, tone_data):
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "no-such-org/no-such-model" in lines[0] and "unreachable" in lines[0]
+
+
+def test_torchrun_two_processes_share_the_data(tmp_path, tiny_dir, tone_data):
+    """The same command under `torchrun` (DDP on CPU here; DeepSpeed on GPUs): 24 samples, 4 per process, two
+    processes, one epoch -> 3 optimizer steps instead of 6."""
+    torchrun = REPO / ".venv" / "bin" / "torchrun"
+    if not torchrun.exists():
+        pytest.skip("torchrun is not in the project's venv")
+    out = tmp_path / "ddp"
+    done = subprocess.run(
+        [str(torchrun), "--nproc_per_node", "2", "--no-python", *SAGELM, "train", str(_config(tmp_path)),
+         f"model_name_or_path={tiny_dir}", f"dataset={tone_data}", f"output_dir={out}", "num_train_epochs=1",
+         "per_device_train_batch_size=4", "gradient_accumulation_steps=1", "learning_rate=1e-3", "bf16=false"],
+        capture_output=True, text=True, env=ENV, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["stages"][0]["steps"] == 3
+    assert (out / "model.safetensors").is_file() and (out / "preprocessor_config.json").is_file()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -70,8 +71,9 @@ def _run(fn: Callable[[], Any]) -> Any:
 def _setup_logging(debug: bool) -> None:
     from rich.logging import RichHandler
 
+    quiet = os.environ.get("RANK", "0") != "0"  # in a torchrun / accelerate job only rank 0 reports progress
     logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
+        level=logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO,
         format="%(message)s",
         handlers=[RichHandler(console=stderr, show_path=False, show_time=False, markup=False)],
     )

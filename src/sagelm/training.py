@@ -17,6 +17,7 @@ import importlib.util
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -261,6 +262,11 @@ def _submodule(thinker: Any, name: str) -> Any:
     raise TrainConfigError(f"the model has no {name!r} module; is it a Qwen2.5-Omni thinker?")
 
 
+def _is_main_process() -> bool:
+    """Rank 0 of a `torchrun` / `accelerate launch` job (or a plain run): the one that removes and summarises."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _latest_checkpoint(folder: Path) -> Path | None:
     found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
     return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
@@ -274,6 +280,7 @@ def _training_args(config: TrainConfig, stage: Stage, folder: Path, bf16: bool) 
     import torch
     from transformers import TrainingArguments
 
+    cpu = not torch.cuda.is_available()
     return TrainingArguments(
         output_dir=str(folder),
         learning_rate=stage.learning_rate,
@@ -294,7 +301,11 @@ def _training_args(config: TrainConfig, stage: Stage, folder: Path, bf16: bool) 
         logging_steps=config.logging_steps,
         deepspeed=config.deepspeed,
         activation_checkpointing=config.gradient_checkpointing,
-        dataloader_pin_memory=torch.cuda.is_available(),
+        dataloader_pin_memory=not cpu,
+        # Under torchrun on a machine without GPUs, DDP needs the gloo backend and use_cpu (else each process
+        # trains alone on all the data).
+        use_cpu=cpu,
+        ddp_backend="gloo" if cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
         dataloader_num_workers=config.dataloader_num_workers,
         report_to=config.report_to,
         ddp_timeout=config.ddp_timeout,
@@ -389,7 +400,7 @@ def train(
     base = resolve_checkpoint(config.model_name_or_path)
     tokenizer, feature_extractor = load_processor(base)
     prepared = [_prepare_stage(k, stage, config, tokenizer) for k, stage in enumerate(stages, start=1)]
-    if out.exists() and not resume and config.overwrite_output_dir:
+    if out.exists() and not resume and config.overwrite_output_dir and _is_main_process():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     bf16 = config.bf16 and torch.cuda.is_available()
@@ -447,7 +458,8 @@ def train(
         ))  # fmt: skip
         logger.info("stage %d: %d steps in %.0f s, saved %s", k, trainer.state.global_step, seconds, final)
     thinker.eval()
-    _write_summary(out, config, results, bool(resume))
+    if _is_main_process():
+        _write_summary(out, config, results, bool(resume))
     return results
 
 
