@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -82,13 +82,13 @@ def read_samples(paths: Sequence[str | Path], max_samples: int | None = None) ->
             where = f"{path} row {row.id}"
             target = row.reference if row.reference is not None else row.label
             verdict = parse_verdict(target)
-            if verdict is None:
+            if target is None or verdict is None:
                 problems.append(f"{where}: no label (the output must start with 1, 2 or Tie)")
                 continue
             if row.aspect is None:
                 problems.append(f"{where}: no aspect (give it in the prompt or an 'aspect' field)")
                 continue
-            rationale = (target or "").split("\n", 1)[1].strip("\n") if "\n" in (target or "") else ""
+            rationale = target.split("\n", 1)[1].strip("\n") if "\n" in target else ""
             samples.append(Sample(row.id, row.aspect, row.question, row.audio_1, row.audio_2, verdict, rationale,
                                   source=str(path)))  # fmt: skip
     return samples, problems
@@ -116,7 +116,6 @@ def prepare(
     cutoff_len: int,
     swap_augment: bool = False,
     problems: Sequence[str] = (),
-    on_sample: Callable[[], None] | None = None,
 ) -> Prepared:
     """Augment with the other order (when asked), decode every clip once, drop the too long, count all."""
     tokens_of: dict[str, int | AudioError] = {}
@@ -152,8 +151,6 @@ def prepare(
             else:
                 out.samples.append(s)
                 out.lengths.append(length)
-        if on_sample:
-            on_sample()
     if out.too_long:
         logger.warning("%d of %d samples are longer than cutoff_len %d tokens and were dropped",
                        out.too_long, out.read, cutoff_len)  # fmt: skip

@@ -28,16 +28,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from sagelm.llamafactory import RECIPE, TEMPLATE
+from sagelm.llamafactory import RECIPE
 
 logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "train_summary.json"
 Scheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
-# LLaMA-Factory keys accepted so that the authors' YAML loads; they only hold for the values we implement.
-_FIXED = {"stage": "sft", "do_train": True, "finetuning_type": "full", "template": TEMPLATE}
-# LLaMA-Factory keys that change nothing here (caching, plots, remote code): accepted and ignored.
-_IGNORED = ("trust_remote_code", "overwrite_cache", "preprocessing_num_workers", "plot_loss", "media_dir")
 
 
 class TrainConfigError(ValueError):
@@ -97,7 +93,8 @@ class TrainConfig(BaseModel):
     freeze_audio_encoder: bool = True
     swap_augment: bool = False
     stages: list[Stage] | None = None
-    # LLaMA-Factory's, fixed or ignored
+    # LLaMA-Factory's: accepted so that the authors' YAML loads; fixed to the values implemented here, or (caching,
+    # plots, remote code) changing nothing here
     stage: Literal["sft"] = "sft"
     do_train: Literal[True] = True
     finetuning_type: Literal["full"] = "full"
@@ -230,8 +227,18 @@ def _trainer_callbacks(
     return [Report(), SaveFeatureExtractor()]
 
 
+def _load_weights(thinker: Any, folder: str | Path) -> None:
+    """Load a saved thinker's weights into `thinker` through `from_pretrained`, which maps the checkpoint's
+    tensor names to the module's."""
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+    saved = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(folder, dtype=thinker.dtype)
+    thinker.load_state_dict(saved.state_dict())
+    logger.info("weights loaded from %s", folder)
+
+
 def _trainer_class() -> type:
-    from transformers import Qwen2_5OmniThinkerForConditionalGeneration, Trainer
+    from transformers import Trainer
 
     class JudgeTrainer(Trainer):
         """Trainer whose resume reloads the thinker's weights by their saved names.
@@ -243,11 +250,7 @@ def _trainer_class() -> type:
         """
 
         def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
-            model = model or self.model
-            saved = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(resume_from_checkpoint,
-                                                                               dtype=model.dtype)  # fmt: skip
-            model.load_state_dict(saved.state_dict())
-            logger.info("weights restored from %s", resume_from_checkpoint)
+            _load_weights(model or self.model, resume_from_checkpoint)
 
     return JudgeTrainer
 
@@ -417,18 +420,13 @@ def train(
         final = out if last else folder / "final"
         if resume and _is_model(final) and (not last or (out / SUMMARY_FILE).is_file()):
             logger.info("stage %d already done (%s); loading it", k, final)
-            from transformers import Qwen2_5OmniThinkerForConditionalGeneration
-
-            done = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(final, dtype=dtype)
-            thinker.load_state_dict(done.state_dict())
+            _load_weights(thinker, final)
             continue
-        start_from: str | bool | None = None
-        if isinstance(resume, str) and Path(resume).resolve().parent == folder.resolve():
+        start_from: str | None = None
+        if isinstance(resume, str) and (len(stages) == 1 or Path(resume).resolve().parent == folder.resolve()):
             start_from = resume
-        elif isinstance(resume, str) and len(stages) == 1:
-            start_from = resume
-        elif resume is True and _latest_checkpoint(folder) is not None:
-            start_from = str(_latest_checkpoint(folder))
+        elif resume is True and (latest := _latest_checkpoint(folder)) is not None:
+            start_from = str(latest)
         if start_from:
             logger.info("stage %d: resuming from %s", k, start_from)
         losses: list[float] = []
