@@ -68,6 +68,28 @@ class Judgments:
         return Judgments(**cols, names=self.names)
 
 
+class _GroupCodes:
+    """Group and split names as small integer codes (index into `names`, "" being code 0)."""
+
+    def __init__(self, names: Sequence[str] = ("",)) -> None:
+        self.names: dict[str, int] = {n: i for i, n in enumerate(names)}
+        self._by_aspect: dict[str | None, tuple[int, int]] = {}  # (group, split) codes that need no audio path
+
+    def name(self, text: str) -> int:
+        return self.names.setdefault(text, len(self.names))
+
+    def __call__(self, aspect: str | None, audios: Sequence[str]) -> tuple[int, int]:
+        """(group, split) codes of a row; cached by aspect where the audio paths cannot change them."""
+        hit = self._by_aspect.get(aspect)
+        if hit is not None:
+            return hit
+        group = group_of(aspect, audios)
+        codes = self.name(group), self.name(split_of(group, audios) or "")
+        if not audios or group not in AUDIO_GROUPS:
+            self._by_aspect[aspect] = codes
+        return codes
+
+
 class _Columns:
     """Per-record columns, appended while streaming a predictions file."""
 
@@ -77,22 +99,7 @@ class _Columns:
         self.probs = array("f")
         self.head = array("I")
         self.group, self.split = array("h"), array("h")
-        self.names: dict[str, int] = {"": 0}
-        self._by_aspect: dict[str | None, tuple[int, int]] = {}  # (group, split) codes that need no audio path
-
-    def name(self, text: str) -> int:
-        return self.names.setdefault(text, len(self.names))
-
-    def codes(self, aspect: str | None, audios: tuple[str, ...]) -> tuple[int, int]:
-        """(group, split) codes; cached by aspect where the audio paths cannot change them."""
-        hit = self._by_aspect.get(aspect)
-        if hit is not None:
-            return hit
-        group = group_of(aspect, audios)
-        codes = self.name(group), self.name(split_of(group, audios) or "")
-        if not audios or group not in AUDIO_GROUPS:
-            self._by_aspect[aspect] = codes
-        return codes
+        self.codes = _GroupCodes()
 
     def add(self, key: int, swapped: bool, verdict: str | None, label: str | None, probs: dict | None,
             head: str, aspect: str | None, audios: tuple[str, ...], cluster: int) -> None:  # fmt: skip
@@ -141,7 +148,7 @@ class _Columns:
             group=np.frombuffer(self.group, dtype=np.int16)[order].copy(),
             split=np.frombuffer(self.split, dtype=np.int16)[order].copy(),
             cluster=np.frombuffer(self.cluster, dtype=np.int64)[order].copy(),
-            names=list(self.names),
+            names=list(self.codes.names),
         )
 
 
@@ -240,28 +247,14 @@ def attach_reference(units: Judgments, refs: list[RefRow], pred_path: Path, ref_
     """Labels, groups and pairs from the reference rows, paired with the judgments by order."""
     if len(units) != len(refs):
         raise ScoringError(f"{pred_path} has {len(units)} judgments but {ref_path} has {len(refs)} rows")
-    names = {n: i for i, n in enumerate(units.names)}
-
-    def code(name: str) -> int:
-        if name not in names:
-            names[name] = len(names)
-            units.names.append(name)
-        return names[name]
-
-    cache: dict[str | None, tuple[int, int]] = {}  # (group, split) codes by aspect, where audio paths don't matter
+    codes = _GroupCodes(units.names)
     for i, r in enumerate(refs):
         label = label_of(r.output)
         units.label[i] = NO_LABEL if label is None else M.CODE[label]
-        aspect = find_aspect(r.instruction)
-        codes = cache.get(aspect)
-        if codes is None:
-            group = group_of(aspect, r.audios)
-            codes = code(group), code(split_of(group, r.audios) or "")
-            if not r.audios or group not in AUDIO_GROUPS:
-                cache[aspect] = codes
-        units.group[i], units.split[i] = codes
+        units.group[i], units.split[i] = codes(find_aspect(r.instruction), r.audios)
         if r.audios:
             units.cluster[i] = hash(r.audios)
+    units.names = list(codes.names)
 
 
 AUDIO_GROUPS = ("emotion", "gender", "character", "implicit_emotion")  # groups/splits read from audio paths
