@@ -165,6 +165,7 @@ def merge_into_full(thinker_dir: str | Path, base: str, out: str | Path) -> Path
     shard is held in memory at a time. `out` loads in `sagelm judge` and in Qwen2.5-Omni's own code.
     """
     import shutil
+    from contextlib import ExitStack
 
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -179,35 +180,35 @@ def merge_into_full(thinker_dir: str | Path, base: str, out: str | Path) -> Path
     trained_files = _tensor_files(thinker_path)
     if not trained_files:
         raise ModelFormatError(f"{thinker_path}: no .safetensors weights")
-    where = {}
-    for f in trained_files:
-        with safe_open(str(f), framework="pt") as g:
-            where.update({k: f for k in g.keys()})
+    misfit = f"{thinker_path} does not fit the thinker of {base_path}"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
-    for shard in _tensor_files(base_path):
-        tensors = {}
-        with safe_open(str(shard), framework="pt") as g:
-            metadata = g.metadata()
-            for key in g.keys():
-                t = g.get_tensor(key)
-                if key.startswith("thinker."):
-                    name = key.removeprefix("thinker.")
-                    if name not in where:
-                        raise ModelFormatError(f"{thinker_path} does not fit the thinker of {base_path} (no {name})")
-                    with safe_open(str(where[name]), framework="pt") as h:
-                        new = h.get_tensor(name)
-                    if new.shape != t.shape:
-                        raise ModelFormatError(f"{thinker_path} does not fit the thinker of {base_path} "
-                                               f"({name}: {tuple(new.shape)} vs {tuple(t.shape)})")  # fmt: skip
-                    t = new.to(t.dtype)
-                    used.add(name)
-                tensors[key] = t
-        save_file(tensors, str(out / shard.name), metadata=metadata or {"format": "pt"})
+    with ExitStack() as stack:
+        where = {}  # trained tensor name -> its open file, each file opened once
+        for f in trained_files:
+            handle = stack.enter_context(safe_open(str(f), framework="pt"))
+            where.update({k: handle for k in handle.keys()})
+        for shard in _tensor_files(base_path):
+            tensors = {}
+            with safe_open(str(shard), framework="pt") as g:
+                metadata = g.metadata()
+                for key in g.keys():
+                    t = g.get_tensor(key)
+                    if key.startswith("thinker."):
+                        name = key.removeprefix("thinker.")
+                        if name not in where:
+                            raise ModelFormatError(f"{misfit} (no {name})")
+                        new = where[name].get_tensor(name)
+                        if new.shape != t.shape:
+                            raise ModelFormatError(f"{misfit} ({name}: {tuple(new.shape)} vs {tuple(t.shape)})")
+                        t = new.to(t.dtype)
+                        used.add(name)
+                    tensors[key] = t
+            save_file(tensors, str(out / shard.name), metadata=metadata or {"format": "pt"})
     unused = set(where) - used
     if unused:
-        raise ModelFormatError(f"{thinker_path} does not fit the thinker of {base_path} "
+        raise ModelFormatError(f"{misfit} "
                                f"({len(unused)} trained tensors have no place, e.g. {sorted(unused)[0]})")  # fmt: skip
     for f in base_path.iterdir():
         if f.is_file() and f.suffix != ".safetensors":
