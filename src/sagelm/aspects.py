@@ -74,10 +74,6 @@ def register_aspect(name: str) -> Aspect:
     return ASPECTS[name]
 
 
-def custom_aspects() -> list[str]:
-    return [n for n, a in ASPECTS.items() if a.kind == "custom"]
-
-
 def save_aspects(folder: str | Path, names: list[str]) -> None:
     if names:
         Path(folder, ASPECTS_FILE).write_text(json.dumps({"new_aspects": names}, indent=2) + "\n", encoding="utf-8")

@@ -73,7 +73,7 @@ def _rows(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
         {
             "instruction": instruction_prompt(s.aspect, s.question),
             "input": "",
-            "output": f"{s.verdict}\n{s.rationale}" if s.rationale else s.verdict,
+            "output": s.output,
             # Absolute: LLaMA-Factory joins media_dir with the path, which keeps an absolute path as is.
             "audios": [str(Path(s.audio_1).resolve()), str(Path(s.audio_2).resolve())],
         }

@@ -18,7 +18,7 @@ from typing import Any
 from sagelm.audio import AudioError, ClipCache, load_audio
 from sagelm.data import BadRow, DataError, read_pairs
 from sagelm.encoding import Example
-from sagelm.prompts import IM_END, judge_text
+from sagelm.prompts import ANSWER_TEMPLATE, IM_END, judge_text
 from sagelm.verdicts import Verdict, parse_verdict, swap_verdict
 
 logger = logging.getLogger(__name__)
@@ -40,9 +40,16 @@ class Sample:
 
     @property
     def answer(self) -> str:
-        """The target text: `{verdict}\\n{rationale}<|im_end|>` (prompts.ANSWER_TEMPLATE)."""
-        body = f"{self.verdict}\n{self.rationale}" if self.rationale else self.verdict
-        return body + IM_END
+        """The target text, prompts.ANSWER_TEMPLATE: `{verdict}\\n{rationale}<|im_end|>` (the verdict alone and
+        `<|im_end|>` when there is no rationale)."""
+        if not self.rationale:
+            return self.verdict + IM_END
+        return ANSWER_TEMPLATE.format(verdict=self.verdict, rationale=self.rationale)
+
+    @property
+    def output(self) -> str:
+        """The answer as data files write it (their `output` column): without `<|im_end|>`."""
+        return self.answer.removesuffix(IM_END)
 
 
 def swap_rationale(text: str) -> str:
