@@ -148,7 +148,6 @@ def log_mel_batch(clips: Sequence[Clip], feature_extractor: Any) -> tuple[np.nda
 class ClipCache:
     """Decoded clips by path, least recently used dropped first; a failure is remembered and raised again."""
 
-
     def __init__(self, size: int = AUDIO_CACHE_SIZE):
         self.size = size
         self._items: OrderedDict[str, Clip | AudioError] = OrderedDict()
