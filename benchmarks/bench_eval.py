@@ -48,7 +48,12 @@ print(json.dumps({"seconds": time.perf_counter() - t, "peak_mib": (hwm + helper)
 
 
 def main() -> None:
-    release = Path(__file__).resolve().parents[2] / "shared" / "data" / "sagelm-release" / "test_semantic.json"
+    from sagelm.demo import release_candidates
+
+    folder = next((c for c in release_candidates() if c.is_dir()), None)
+    if folder is None:
+        raise SystemExit("the released SageLM data was not found; set SAGELM_RELEASE to its folder")
+    release = folder / "test_semantic.json"
     rows = json.loads(release.read_text())
     with tempfile.TemporaryDirectory() as d:
         ref, pred, inline = Path(d) / "ref.json", Path(d) / "pred.jsonl", Path(d) / "judged.jsonl"

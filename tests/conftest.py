@@ -9,11 +9,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from sagelm.demo import release_candidates
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
-RELEASE = REPO.parent / "shared" / "data" / "sagelm-release"
+# Beside this checkout, or beside the one it was cloned from, or $SAGELM_RELEASE (sagelm.demo.release_candidates).
+RELEASE = next((c for c in release_candidates() if c.is_dir()), REPO.parent / "shared" / "data" / "sagelm-release")
 DEMO_AUDIO = RELEASE / "demo_audio"
 SR = 16_000
 

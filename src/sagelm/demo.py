@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import configparser
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from sagelm.aspects import SEMANTIC_ASPECTS
 from sagelm.data import Pair
 
-DEMO_AUDIO_DIR = Path("..") / "shared" / "data" / "sagelm-release" / "demo_audio"
+RELEASE_ENV = "SAGELM_RELEASE"  # the released data folder, where it is not found beside the checkout
+RELEASE_DIR = Path("shared") / "data" / "sagelm-release"  # beside the checkout, as the project lays it out
 RESPONSE_1 = "Qwen2.5-omni-Audio.wav"
 RESPONSE_2 = "kimi-Audio.wav"
 
@@ -34,13 +37,37 @@ DEMO_PAIRS = (
 )  # fmt: skip
 
 
+def _origin_checkout(start: Path) -> Path | None:
+    """The local checkout this one was cloned from (a CI clone elsewhere still finds the data beside it)."""
+    for folder in start.parents:
+        config = folder / ".git" / "config"
+        if config.is_file():
+            parser = configparser.ConfigParser(strict=False)
+            try:
+                parser.read(config, encoding="utf-8")
+                url = parser.get('remote "origin"', "url", fallback="")
+            except configparser.Error:
+                return None
+            origin = Path(url).expanduser()
+            return origin if url and origin.is_dir() else None
+    return None
+
+
+def release_candidates() -> list[Path]:
+    """Where the released SageLM data may be, in order: $SAGELM_RELEASE; shared/data/sagelm-release beside
+    the working directory or this checkout; the same beside the checkout this one was cloned from."""
+    here = Path(__file__).resolve()
+    out = [Path(os.environ[RELEASE_ENV])] if os.environ.get(RELEASE_ENV) else []
+    out += [base.parent / RELEASE_DIR for base in (Path.cwd(), *here.parents)]
+    origin = _origin_checkout(here)
+    if origin is not None:
+        out.append(origin.parent / RELEASE_DIR)
+    return out
+
+
 def find_demo_audio(audio_dir: str | Path | None = None) -> Path:
-    """The demo audio folder: as given, else ../shared/... from the working directory or this checkout."""
-    if audio_dir is not None:
-        candidates = [Path(audio_dir)]
-    else:
-        here = Path(__file__).resolve()
-        candidates = [Path.cwd() / DEMO_AUDIO_DIR, *(p / DEMO_AUDIO_DIR for p in here.parents)]
+    """The demo audio folder: as given, else `demo_audio` in the released data (release_candidates)."""
+    candidates = [Path(audio_dir)] if audio_dir is not None else [c / "demo_audio" for c in release_candidates()]
     for c in candidates:
         if (c / DEMO_PAIRS[0].id / RESPONSE_1).exists():
             return c
