@@ -64,3 +64,43 @@ def test_debiased_verdicts():
 def test_majority_vote():
     runs = np.stack([enc("1", "1", "2", None, "Tie"), enc("1", "2", "2", None, "1"), enc("2", "Tie", None, None, "2")])
     assert M.majority(runs).tolist() == [0, 2, 1, -1, 2]
+
+
+def _naive_bootstrap(scores, clusters, n_boot, seed):
+    """The textbook cluster bootstrap: draw cluster indices for every replicate (n_boot x n_clusters)."""
+    _, inv = np.unique(clusters, return_inverse=True)
+    sums, counts = np.bincount(inv, weights=scores), np.bincount(inv).astype(float)
+    idx = np.random.default_rng(seed).integers(0, len(sums), size=(n_boot, len(sums)))
+    return np.quantile(sums[idx].sum(axis=1) / counts[idx].sum(axis=1), [0.025, 0.975])
+
+
+@pytest.mark.parametrize("continuous", [False, True])
+def test_bootstrap_has_the_distribution_of_resampling_clusters(continuous):
+    rng = np.random.default_rng(3)
+    n = 1500
+    scores = rng.random(n) if continuous else rng.choice([0.0, 0.5, 1.0], size=n, p=[0.3, 0.2, 0.5])
+    clusters = rng.integers(0, 400, n)  # pairs of different sizes (a few rows each)
+    lo, hi = M.bootstrap_ci(scores, clusters, n_boot=20000, seed=5)
+    ref_lo, ref_hi = _naive_bootstrap(scores, clusters, 20000, seed=6)
+    assert abs(lo - ref_lo) < 0.004 and abs(hi - ref_hi) < 0.004  # Monte Carlo error of 20,000 replicates
+
+
+def test_bootstrap_costs_linear_memory_when_every_row_is_its_own_pair():
+    """100,000 distinct pairs: resampling them by index would hold 1000 x 100,000 draws (800 MB)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    n = 100_000
+    acc = (rng.random(n) < 0.7).astype(float)
+    agr = np.where(acc == 1, 1.0, rng.choice([0.0, 0.5], size=n))
+    clusters = rng.integers(0, 2**62, n)
+    tracemalloc.start()
+    try:
+        (lo, hi), (alo, ahi) = M.bootstrap_cis([acc, agr], clusters, n_boot=1000, seed=0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 40 * 2**20, f"peak {peak / 2**20:.0f} MiB"
+    se = np.sqrt(acc.mean() * (1 - acc.mean()) / n)
+    assert lo < acc.mean() < hi and abs((hi - lo) - 2 * 1.96 * se) < 0.2 * se  # the binomial interval
+    assert alo < agr.mean() < ahi

@@ -213,3 +213,135 @@ def test_reading_beside_the_reference_in_a_second_process_gives_the_same_report(
     assert (scoring.evaluate([pred], ref), scoring.evaluate_official([pred], ref)) == alone
     with pytest.raises(scoring.ScoringError, match="no such predictions file"):
         scoring.evaluate([tmp_path / "missing.jsonl"], ref)
+
+
+# -- bad records, duplicates, several judges (issue 9: items 12, 13, 14, 15, 21) ----------------------------------
+def test_duplicate_ids_are_refused_by_name_never_blended(tmp_path):
+    # one (id, aspect, order) with two different records: the label of one must not meet the verdict of the other
+    rows = [rec("p1", "honesty", "1", "1"), rec("p2", "honesty", "2", "2", audios=("c", "d")),
+            rec("p1", "honesty", "2", "2")]  # fmt: skip
+    with pytest.raises(ScoringError, match=r"p\.jsonl: records that disagree on the verdict: id 'p1' aspect "
+                                           r"'honesty' \(lines 1 and 3\); each judgment must appear once"):
+        evaluate([write_jsonl(tmp_path / "p.jsonl", rows)])
+    # the original and the swapped record of one id from two different pairs
+    rows = [rec("p1", "honesty", "1", "1"), rec("p1", "honesty", "1", "2", swapped=True, audios=("c", "d"))]
+    with pytest.raises(ScoringError, match=r"original and swapped records disagree on the label: id 'p1'"):
+        evaluate([write_jsonl(tmp_path / "s.jsonl", rows)])
+
+
+def test_repeated_records_count_once_and_a_rejudged_error_row_counts_its_judgment(tmp_path):
+    failed = rec("p2", "honesty", None, "2", audios=("c", "d")) | {"error": "c: cannot decode"}
+    rows = [rec("p1", "honesty", "1", "1"), rec("p2", "honesty", "2", "2", audios=("c", "d")),
+            rec("p1", "honesty", "1", "1"),  # written twice (two processes on one file)
+            failed]  # a later run that could not read the audio
+    r = evaluate([write_jsonl(tmp_path / "p.jsonl", rows)])
+    assert (r["overall"]["n"], r["overall"]["accuracy"], r["overall"]["invalid"]) == (2, 1.0, 0)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("raw", 5, "raw must be a string or null, not 5"),
+    ("label", 1, 'label must be the string "1", "2" or "Tie" (or null), not 1'),
+    ("label", "tie", 'label must be the string "1", "2" or "Tie" (or null), not "tie"'),
+    ("probabilities", "0.5", 'probabilities must be null or an object {"1": p, "2": p, "Tie": p} of numbers, '
+                             'not "0.5"'),
+    ("probabilities", [0.5, 0.3, 0.2], "probabilities must be null or an object"),
+    ("probabilities", {"1": 0.5, "2": 0.5}, "not {\"1\": 0.5, \"2\": 0.5} ('Tie': field required)"),
+    ("probabilities", {"1": "0.5", "2": 0.3, "Tie": 0.2}, "('1': input should be a valid number)"),
+    ("aspect", {"name": "honesty"}, 'aspect must be a string or null, not {"name": "honesty"}'),
+    ("swapped", "false", 'swapped must be true or false, not "false"'),
+    ("verdict", 1, 'verdict must be "1", "2", "Tie" or null, not 1'),
+    ("id", None, "id must be a string or an integer, not null"),
+])  # fmt: skip
+def test_mistyped_fields_are_named_with_their_line(tmp_path, field, value, message):
+    rows = [rec("p1", "honesty", "1", "1"), rec("p2", "honesty", "2", "2") | {field: value}]
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    with pytest.raises(ScoringError) as e:
+        evaluate([path])
+    assert str(e.value).startswith(f"{path} line 2: {field} must be ") and message in str(e.value)
+
+
+def test_mistyped_vllm_rows_and_reference_rows_are_named(tmp_path):
+    path = write_jsonl(tmp_path / "v.jsonl", [{"prompt": "x", "predict": 2, "label": "2\nwhy"}])
+    with pytest.raises(ScoringError, match=r"v\.jsonl line 1: predict must be a string or null, not 2$"):
+        evaluate([path])
+    path = write_jsonl(tmp_path / "w.jsonl", [{"prompt": "x", "predict": "2\nok", "label": 2}])
+    with pytest.raises(ScoringError, match=r"w\.jsonl line 1: label must be a string or null, not 2$"):
+        evaluate([path])
+    (tmp_path / "ref.json").write_text(json.dumps([_ref_row("honesty", "Q", "1", ["a", "b"]) | {"output": 1}]))
+    ok = write_jsonl(tmp_path / "ok.jsonl", [{"prompt": "x", "predict": "2\nok", "label": "2\nwhy"}])
+    with pytest.raises(ScoringError, match=r"ref\.json row 0: 'output' must be a string, not 1"):
+        evaluate([ok], tmp_path / "ref.json")
+    (tmp_path / "bad.jsonl").write_bytes(b'{"prompt": "x", "predict": "\xff"}\n')
+    with pytest.raises(ScoringError, match=r"bad\.jsonl line 1: not UTF-8 text"):
+        evaluate([tmp_path / "bad.jsonl"])
+
+
+def test_gzip_and_bom_predictions_read_like_plain_ones(tmp_path, release):
+    import gzip
+
+    rows = [rec("p1", "honesty", "1", "1"), rec("p2", "honesty", "2", "1", audios=("c", "d"))]
+    plain = evaluate([write_jsonl(tmp_path / "p.jsonl", rows)])
+    (tmp_path / "p.jsonl.gz").write_bytes(gzip.compress((tmp_path / "p.jsonl").read_bytes()))
+    assert evaluate([tmp_path / "p.jsonl.gz"]) == plain
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "p.jsonl").read_bytes())
+    assert evaluate([tmp_path / "bom.jsonl"]) == plain
+    ref = json.loads((release / "test_semantic.json").read_text())[:4]
+    (tmp_path / "ref.json.gz").write_bytes(gzip.compress(json.dumps(ref).encode()))
+    preds = write_jsonl(tmp_path / "v.jsonl", [{"prompt": "", "predict": r["output"], "label": ""} for r in ref])
+    assert evaluate([preds], tmp_path / "ref.json.gz")["overall"]["accuracy"] == 1.0
+    (tmp_path / "torn.jsonl.gz").write_bytes(gzip.compress(b"x" * 1000)[:20])
+    with pytest.raises(ScoringError, match=r"torn\.jsonl\.gz: cannot read it as gzip"):
+        evaluate([tmp_path / "torn.jsonl.gz"])
+
+
+def _strict_json(text):
+    def refuse(name):
+        raise ValueError(f"not strict JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_eval_json_writes_null_for_undefined_values(tmp_path):
+    # no valid verdict at all: P(prefer Response 1) among valid verdicts is undefined
+    path = write_jsonl(tmp_path / "p.jsonl", [rec("p1", "honesty", None, "1"), rec("p2", "honesty", None, "2")])
+    p = subprocess.run([SAGELM, "eval", str(path), "--json"], capture_output=True, text=True, env=ENV)
+    assert p.returncode == 0, p.stderr
+    out = _strict_json(p.stdout)
+    assert out["overall"]["prefer_1"] is None and out["overall"]["invalid"] == 2
+    assert out["groups"]["honesty"]["prefer_1"] is None
+
+
+def test_two_judges_in_one_file_are_refused_unless_one_is_picked(tmp_path):
+    rows = [rec("p1", "honesty", "1", "1") | {"model": "LGB666/SageLM", "backend": "hf"},
+            rec("p2", "honesty", "1", "2", audios=("c", "d")) | {"model": "LGB666/SageLM", "backend": "hf"},
+            rec("p1", "honesty", "2", "1") | {"model": "runs/judge", "backend": "hf"}]  # fmt: skip
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    with pytest.raises(ScoringError, match=r"p\.jsonl holds the records of 2 judges \(model 'LGB666/SageLM' on hf: "
+                                           r"2 records; model 'runs/judge' on hf: 1 record\); scoring them "
+                                           r"together would blend them: pick one with --model"):
+        evaluate([path])
+    assert evaluate([path], model="runs/judge")["overall"]["n"] == 1
+    assert evaluate([path], model="LGB666/SageLM")["overall"]["accuracy"] == 0.5
+    with pytest.raises(ScoringError, match=r"no records of model 'other' \(its records name 'LGB666/SageLM', "
+                                           r"'runs/judge'\)"):
+        evaluate([path], model="other")
+    p = subprocess.run([SAGELM, "eval", str(path), "--model", "runs/judge", "--json"], capture_output=True,
+                       text=True, env=ENV)  # fmt: skip
+    assert p.returncode == 0 and json.loads(p.stdout)["overall"]["accuracy"] == 0.0
+    # one model name, two decoding settings (records that carry them): different judges all the same
+    rows = [rec("p1", "honesty", "1", "1") | {"model": "m", "decoding": {"temperature": 0.0}},
+            rec("p2", "honesty", "1", "1", audios=("c", "d")) | {"model": "m", "decoding": {"temperature": 0.95}}]
+    with pytest.raises(ScoringError, match="2 judges .*with decoding.*they are different judges"):
+        evaluate([write_jsonl(tmp_path / "d.jsonl", rows)], model="m")
+
+
+def test_an_empty_predictions_file_says_so(tmp_path, release):
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "blank.jsonl").write_text("\n\n")
+    for name in ("empty.jsonl", "blank.jsonl"):
+        with pytest.raises(ScoringError, match=rf"{name}: empty predictions file \(no records in it\)$"):
+            evaluate([tmp_path / name])
+        with pytest.raises(ScoringError, match=rf"{name}: empty predictions file"):
+            evaluate([tmp_path / name], release / "test_semantic.json")
+    p = subprocess.run([SAGELM, "eval", str(tmp_path)], capture_output=True, text=True, env=ENV)
+    assert p.returncode == 1 and p.stderr.strip() == f"sagelm: error: {tmp_path}: a folder, not a predictions file"

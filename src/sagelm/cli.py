@@ -6,7 +6,6 @@ Commands that need no model import neither torch nor transformers.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -307,6 +306,8 @@ def eval_(
     json_out: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
     markdown: Annotated[bool, typer.Option("--markdown", help="Markdown tables on stdout.")] = False,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    model: Annotated[str | None, typer.Option(
+        help="Score only this judge model's records (a file holding several judges' records needs it).")] = None,
 ) -> None:
     """Score judgments against reference labels: accuracy, tie-aware agreement, CIs, kappa, order flips."""
     if compat not in (None, "official"):
@@ -317,11 +318,11 @@ def eval_(
         from sagelm import scoring
 
         if compat == "official":
-            result = scoring.evaluate_official(predictions, reference)
+            result = scoring.evaluate_official(predictions, reference, model)
         else:
-            result = scoring.evaluate(predictions, reference, seed)
+            result = scoring.evaluate(predictions, reference, seed, model)
         if json_out:
-            sys.stdout.write(json.dumps(result, indent=2) + "\n")
+            sys.stdout.write(rep.to_json(result) + "\n")
         elif markdown:
             sys.stdout.write(rep.markdown(result))
         else:

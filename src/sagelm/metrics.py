@@ -61,16 +61,66 @@ def bootstrap_ci(
     scores: np.ndarray, clusters: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float]:
     """Percentile CI of the mean of `scores`, resampling whole clusters (pairs), not rows."""
-    if len(scores) == 0:
-        return (float("nan"), float("nan"))
+    return bootstrap_cis([scores], clusters, n_boot, seed, level)[0]
+
+
+_CHUNK = 1 << 20  # elements of random draws held at once
+
+
+def bootstrap_cis(
+    columns: Sequence[np.ndarray], clusters: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> list[tuple[float, float]]:
+    """Percentile CIs of the means of several score columns (one resampling shared by all), resampling whole
+    clusters (pairs) with replacement: the cluster bootstrap, exactly, in O(n) memory and little time.
+
+    A resample's mean depends only on how many clusters of each kind it drew, a kind being a cluster's size and
+    score sums. Drawing G clusters uniformly is drawing those kind counts from Multinomial(G, kind shares), so
+    each replicate costs one multinomial draw over the K kinds instead of G index draws: judge scores take a
+    few values (0, 0.5, 1), so K stays small (a handful when every row is its own pair, a few dozen for pairs
+    of four aspects) whatever the number of rows. Where kinds are many (scores of many values in large
+    clusters) it falls back to drawing cluster indices, a chunk of replicates at a time.
+    """
+    n = len(clusters)
+    if n == 0:
+        return [(float("nan"), float("nan"))] * len(columns)
     _, inv = np.unique(clusters, return_inverse=True)
-    sums = np.bincount(inv, weights=scores)
-    counts = np.bincount(inv).astype(float)
+    inv = inv.reshape(-1)
+    n_clusters = int(inv.max()) + 1
+    table = np.column_stack([np.bincount(inv, minlength=n_clusters).astype(float)]
+                            + [np.bincount(inv, weights=np.asarray(c, dtype=float), minlength=n_clusters)
+                               for c in columns])  # fmt: skip
+    kinds, counts = _kinds(table)
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(sums), size=(n_boot, len(sums)))
-    means = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
+    totals = np.empty((n_boot, table.shape[1]))
+    if len(kinds) * 4 <= n_clusters:
+        step = max(1, _CHUNK // len(kinds))
+        for i in range(0, n_boot, step):
+            draws = rng.multinomial(n_clusters, counts / n_clusters, size=min(step, n_boot - i))
+            totals[i : i + len(draws)] = draws @ kinds
+    else:
+        step = max(1, _CHUNK // n_clusters)
+        for i in range(0, n_boot, step):
+            idx = rng.integers(0, n_clusters, size=(min(step, n_boot - i), n_clusters))
+            totals[i : i + len(idx)] = np.stack([col[idx].sum(axis=1) for col in table.T], axis=1)
+    means = totals[:, 1:] / totals[:, :1]
+    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2], axis=0)
+    return [(float(a), float(b)) for a, b in zip(lo, hi, strict=True)]
+
+
+def _kinds(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct rows of `table` and how often each occurs (1-D sorts of column codes, far quicker than
+    `np.unique(axis=0)`)."""
+    key = np.zeros(len(table), dtype=np.int64)
+    radix = 1
+    for col in table.T:
+        values, code = np.unique(col, return_inverse=True)
+        if radix * len(values) >= 2**62:
+            kinds, counts = np.unique(table, axis=0, return_counts=True)
+            return kinds, counts
+        key += code.reshape(-1) * radix
+        radix *= len(values)
+    _, first, counts = np.unique(key, return_index=True, return_counts=True)
+    return table[first], counts
 
 
 def debias(plain: np.ndarray, swapped: np.ndarray) -> np.ndarray:

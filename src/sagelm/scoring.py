@@ -8,9 +8,14 @@ read with the same `parse_verdict` that `sagelm judge` uses.
 from __future__ import annotations
 
 import gc
+import gzip
 import json
+import logging
 import multiprocessing
 import os
+import re
+import stat
+import zlib
 from array import array
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -18,8 +23,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from os.path import basename
 from pathlib import Path
+from typing import IO, Any, Literal
 
 import numpy as np
+from pydantic import ConfigDict, StrictBool, StrictInt, StrictStr, TypeAdapter, ValidationError
+from typing_extensions import TypedDict
 
 from sagelm import metrics as M
 from sagelm.aspects import ASPECTS
@@ -28,6 +36,7 @@ from sagelm.prompts import find_aspect
 from sagelm.verdicts import label_of, parse_verdict
 
 N_BOOT = 1000
+logger = logging.getLogger(__name__)
 
 
 class ScoringError(ValueError):
@@ -95,17 +104,20 @@ class _Columns:
 
     def __init__(self) -> None:
         self.key, self.cluster = array("q"), array("q")
-        self.swapped, self.verdict, self.label = array("b"), array("b"), array("b")
+        self.swapped, self.verdict, self.label, self.error = array("b"), array("b"), array("b"), array("b")
         self.probs = array("f")
-        self.head = array("I")
-        self.group, self.split = array("h"), array("h")
+        self.head, self.line = array("I"), array("I")
+        self.group, self.split, self.judge = array("h"), array("h"), array("h")
         self.codes = _GroupCodes()
+        self.judges: dict[tuple[str | None, ...], int] = {}  # (model, backend, decoding) -> code
 
-    def add(self, key: int, swapped: bool, verdict: str | None, label: str | None, probs: dict | None,
-            head: str, aspect: str | None, audios: tuple[str, ...], cluster: int) -> None:  # fmt: skip
+    def add(self, line: int, key: int, swapped: bool, verdict: str | None, label: str | None, probs: dict | None,
+            head: str, aspect: str | None, audios: tuple[str, ...], cluster: int, error: bool = False,
+            judge: tuple[str | None, ...] = (None, None, None)) -> None:  # fmt: skip
+        self.line.append(line)
         self.key.append(key)
         self.swapped.append(swapped)
-        self.verdict.append(M.CODE.get(verdict, M.INVALID))  # type: ignore[arg-type]
+        self.verdict.append(M.CODE[verdict])  # type: ignore[index]
         self.label.append(NO_LABEL if label is None else M.CODE[label])  # type: ignore[index]
         self.probs.extend(_probs(probs))
         self.head.append(ord(head) if head else 0)
@@ -113,29 +125,47 @@ class _Columns:
         self.group.append(group)
         self.split.append(split)
         self.cluster.append(cluster)
+        self.error.append(error)
+        code = self.judges.get(judge)
+        if code is None:
+            code = self.judges[judge] = len(self.judges)
+        self.judge.append(code)
 
-    def units(self) -> Judgments:
-        """One entry per key, in order of first appearance; the last record of each order wins."""
-        key = np.frombuffer(self.key, dtype=np.int64)
-        n_rec = len(key)
-        uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    def units(self, path: Path, model: str | None = None) -> Judgments:
+        """One entry per (id, aspect), in order of first appearance, holding its plain and swapped judgment.
+
+        A file holding several judges' records is refused unless `model` picks one. A judgment written twice
+        (two processes on one file, a rerun) counts once; a record with `error` set gives way to a judged
+        record of the same row; records of one (id, aspect, order) that disagree are refused, ids named,
+        and so are a plain and a swapped record that disagree on the label or the pair: one record's label is
+        never paired with another's verdict."""
+        cols = {k: np.frombuffer(getattr(self, k), dtype=t) for k, t in (
+            ("key", np.int64), ("cluster", np.int64), ("swapped", np.int8), ("verdict", np.int8),
+            ("label", np.int8), ("error", np.int8), ("head", np.uint32), ("line", np.uint32),
+            ("group", np.int16), ("split", np.int16), ("judge", np.int16))}  # fmt: skip
+        cols["probs"] = np.frombuffer(self.probs, dtype=np.float32).reshape(-1, 3)
+        keep = _one_judge(path, self.judges, cols["judge"], model)
+        if keep is not None:
+            cols = {k: v[keep] for k, v in cols.items()}
+        uniq, first, inverse = np.unique(cols["key"], return_index=True, return_inverse=True)
         rank = np.empty(len(uniq), dtype=np.int64)
         rank[np.argsort(first)] = np.arange(len(uniq))
-        unit = rank[inverse.reshape(-1)]
-        order = np.sort(first)
-        swapped = np.frombuffer(self.swapped, dtype=np.int8).astype(bool)
-        verdict = np.frombuffer(self.verdict, dtype=np.int8)
-        probs = np.frombuffer(self.probs, dtype=np.float32).reshape(n_rec, 3)
-        head = np.frombuffer(self.head, dtype=np.uint32)
-
-        def last_of(mask: np.ndarray) -> np.ndarray:
-            last = np.full(len(uniq), -1, dtype=np.int64)
-            idx = np.flatnonzero(mask)
-            np.maximum.at(last, unit[idx], idx)
-            return last
-
-        plain, swap = last_of(~swapped), last_of(swapped)
+        slot = 2 * rank[inverse.reshape(-1)] + cols["swapped"]
+        n_slots = 2 * len(uniq)
+        if len(slot) > len(uniq) and np.bincount(slot, minlength=n_slots).max() > 1:
+            judged = np.zeros(n_slots, dtype=bool)
+            judged[slot[cols["error"] == 0]] = True
+            superseded = (cols["error"] != 0) & judged[slot]  # an error record of a row judged in another run
+            if superseded.any():
+                cols = {k: v[~superseded] for k, v in cols.items()}
+                slot = slot[~superseded]
+        chosen = np.full(n_slots, -1, dtype=np.int64)
+        chosen[slot[::-1]] = np.arange(len(slot) - 1, -1, -1)  # the first record of each slot
+        _check_consistent(path, cols, slot, chosen)
+        plain, swap = chosen[0::2], chosen[1::2]
         has_plain, has_swapped = plain >= 0, swap >= 0
+        one = np.where(has_plain, plain, swap)  # the record that gives the unit's label, group and pair
+        verdict, probs, head = cols["verdict"], cols["probs"], cols["head"]
         return Judgments(
             verdict=np.where(has_plain, verdict[plain], M.INVALID).astype(np.int8),
             probs=np.where(has_plain[:, None], probs[plain], np.nan).astype(np.float32),
@@ -144,55 +174,250 @@ class _Columns:
             swapped_verdict=np.where(has_swapped, verdict[swap], M.INVALID).astype(np.int8),
             swapped_probs=np.where(has_swapped[:, None], probs[swap], np.nan).astype(np.float32),
             has_swapped=has_swapped,
-            label=np.frombuffer(self.label, dtype=np.int8)[order].copy(),
-            group=np.frombuffer(self.group, dtype=np.int16)[order].copy(),
-            split=np.frombuffer(self.split, dtype=np.int16)[order].copy(),
-            cluster=np.frombuffer(self.cluster, dtype=np.int64)[order].copy(),
+            label=cols["label"][one].copy(),
+            group=cols["group"][one].copy(),
+            split=cols["split"][one].copy(),
+            cluster=cols["cluster"][one].copy(),
             names=list(self.codes.names),
         )
 
 
-def _lines(path: Path) -> Iterator[tuple[int, dict]]:
-    if not path.is_file():
-        raise ScoringError(f"{path}: no such predictions file")
-    with path.open(encoding="utf-8") as f:
+def _judge_name(judge: tuple[str | None, ...]) -> str:
+    model, backend, decoding = judge
+    text = f"model {model!r}" if model is not None else "no model named"
+    if backend is not None:
+        text += f" on {backend}"
+    if decoding is not None:
+        text += f" with decoding {decoding}"
+    return text
+
+
+def _records(n: int) -> str:
+    return f"{n} record" if n == 1 else f"{n} records"
+
+
+def _one_judge(path: Path, judges: dict[tuple[str | None, ...], int], codes: np.ndarray,
+               model: str | None) -> np.ndarray | None:  # fmt: skip
+    """The mask of the records to score (None: all of them); refuses a file that blends several judges."""
+    keep = None
+    names = list(judges)
+    if model is not None:
+        picked = [c for c, j in enumerate(names) if j[0] == model]
+        if not picked:
+            held = ", ".join(sorted({repr(j[0]) for j in names}))
+            raise ScoringError(f"{path}: no records of model {model!r} (its records name {held})")
+        keep = np.isin(codes, picked)
+        names = [names[c] for c in picked]
+    if len(names) > 1:
+        counts = np.bincount(codes, minlength=len(judges))
+        listed = "; ".join(f"{_judge_name(j)}: {_records(counts[judges[j]])}" for j in names)
+        advice = ("pick one with --model" if len({j[0] for j in names}) > 1
+                  else "they are different judges: write each to its own file")  # fmt: skip
+        raise ScoringError(f"{path} holds the records of {len(names)} judges ({listed}); scoring them together "
+                           f"would blend them: {advice}")  # fmt: skip
+    return keep
+
+
+def _check_consistent(path: Path, cols: dict[str, np.ndarray], slot: np.ndarray, chosen: np.ndarray) -> None:
+    """Refuse records of one judgment that disagree, and plain/swapped records of one row that disagree on the
+    label or the pair; identical repeats are counted once (logged)."""
+    ref = chosen[slot]
+    probs = cols["probs"]
+    same_probs = ((probs == probs[ref]) | (np.isnan(probs) & np.isnan(probs[ref]))).all(axis=1)
+    checks = {name: cols[col] != cols[col][ref] for name, col in (
+        ("verdict", "verdict"), ("label", "label"), ("audio pair", "cluster"), ("judge's text", "head"))}  # fmt: skip
+    checks["probabilities"] = ~same_probs
+    differ = np.logical_or.reduce(list(checks.values()))
+    if differ.any():
+        i = np.flatnonzero(differ)
+        reason = next(name for name, bad in checks.items() if bad[i[0]])
+        _refuse(path, cols["line"], i, ref[i], f"that disagree on the {reason}",
+                "each judgment must appear once (give rows distinct ids, or keep one record)")
+    repeats = len(slot) - int(np.count_nonzero(chosen >= 0))
+    if repeats:
+        logger.warning("%s: %d judgments appear more than once (identical records); each counted once", path, repeats)
+    plain, swap = chosen[0::2], chosen[1::2]
+    both = (plain >= 0) & (swap >= 0)
+    p, s = plain[both], swap[both]
+    for name, col in (("label", cols["label"]), ("audio pair", cols["cluster"])):
+        bad = col[p] != col[s]
+        if bad.any():
+            i = np.flatnonzero(bad)
+            _refuse(path, cols["line"], p[i], s[i], f"whose original and swapped records disagree on the {name}",
+                    "give rows distinct ids")
+
+
+def _refuse(path: Path, lines: np.ndarray, a: np.ndarray, b: np.ndarray, problem: str, advice: str) -> None:
+    pairs = sorted({(int(lines[x]), int(lines[y])) for x, y in zip(a.tolist(), b.tolist(), strict=True)})
+    pairs = [(min(x, y), max(x, y)) for x, y in pairs]
+    found = _records_at(path, {n for pair in pairs[:3] for n in pair})
+    shown = [f"id {found.get(x, {}).get('id')!r} aspect {found.get(x, {}).get('aspect')!r} (lines {x} and {y})"
+             for x, y in pairs[:3]]  # fmt: skip
+    more = f" and {len(pairs) - 3} more" if len(pairs) > 3 else ""
+    raise ScoringError(f"{path}: records {problem}: {', '.join(shown)}{more}; {advice}")
+
+
+def _records_at(path: Path, wanted: set[int]) -> dict[int, dict]:
+    """The records on the given line numbers (read again: only for naming them in an error)."""
+    out: dict[int, dict] = {}
+    with _open(path) as f:
         for n, line in enumerate(f, start=1):
-            if len(line) < 4 and not line.strip():  # a blank line (a record is never this short)
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ScoringError(f"{path} line {n}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise ScoringError(f"{path} line {n}: not a JSON object")
-            yield n, obj
+            if n in wanted:
+                try:
+                    out[n] = json.loads(line.lstrip(_BOM))
+                except ValueError:
+                    out[n] = {}
+                if len(out) == len(wanted):
+                    break
+    return out
+
+
+_BOM = b"\xef\xbb\xbf"
+
+
+# keys that are not identifiers: the functional form; NaN written by older sagelm versions reads as NaN
+_Probabilities = TypedDict("_Probabilities", {"1": float | None, "2": float | None, "Tie": float | None})
+_Probabilities.__pydantic_config__ = ConfigDict(extra="forbid", strict=True)  # type: ignore[attr-defined]
+
+
+class _Record(TypedDict, total=False):
+    """What eval reads of a predictions line: a `sagelm judge` record, or an authors' `vllm_infer.py` row
+    (`predict`, `label`, `prompt`). Other keys are ignored; a present key of the wrong type is an error."""
+
+    __pydantic_config__ = ConfigDict(extra="ignore", strict=True)  # type: ignore[misc]
+    id: StrictStr | StrictInt
+    aspect: StrictStr | None
+    verdict: Literal["1", "2", "Tie"] | None
+    label: StrictStr | None
+    swapped: StrictBool
+    probabilities: _Probabilities | None
+    raw: StrictStr | None
+    error: StrictStr | None
+    audio_1: StrictStr | None
+    audio_2: StrictStr | None
+    model: StrictStr | None
+    backend: StrictStr | None
+    decoding: Any
+    predict: StrictStr | None
+
+
+class _RecordWithPrompt(_Record, total=False):
+    prompt: StrictStr | None
+
+
+_READERS = {False: TypeAdapter(_Record), True: TypeAdapter(_RecordWithPrompt)}
+
+_EXPECTED = {
+    "id": "a string or an integer",
+    "verdict": '"1", "2", "Tie" or null',
+    "swapped": "true or false",
+    "probabilities": 'null or an object {"1": p, "2": p, "Tie": p} of numbers',
+}
+_LABEL = 'the string "1", "2" or "Tie" (or null)'
+
+
+def _problem(path: Path, n: int, line: bytes, e: ValidationError) -> str:
+    """One line naming the file, the line and what is wrong with it."""
+    err = e.errors()[0]
+    where = f"{path} line {n}"
+    if err["type"] == "json_invalid":
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            return f"{where}: not UTF-8 text"
+        reason = re.sub(r" at line \d+ column \d+$", "", err["msg"].removeprefix("Invalid JSON: "))
+        return f"{where}: not valid JSON ({reason})"
+    if not err["loc"]:
+        return f"{where}: not a JSON object"
+    field = str(err["loc"][0])
+    if field == "label":
+        is_vllm = b'"predict"' in line
+        expected = "a string or null" if is_vllm else _LABEL
+    else:
+        expected = _EXPECTED.get(field, "a string or null")
+    value = err.get("input")
+    detail = ""
+    if len(err["loc"]) > 1 and field == "probabilities":
+        detail = f" ({err['loc'][1]!r}: {err['msg'].lower()})"
+        value = _value_at(line, field)
+    shown = json.dumps(value, ensure_ascii=False, default=str)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return f"{where}: {field} must be {expected}, not {shown}{detail}"
+
+
+def _value_at(line: bytes, field: str) -> Any:
+    try:
+        return json.loads(line.lstrip(_BOM)).get(field)
+    except (ValueError, AttributeError):
+        return None
+
+
+def _open(path: Path) -> IO[bytes]:
+    """The predictions file as binary lines, gunzipped when it is gzip data (by its magic bytes)."""
+    with path.open("rb") as f:
+        magic = f.read(2)
+    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else path.open("rb")  # type: ignore[return-value]
+
+
+def _check_file(path: Path, what: str) -> None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ScoringError(f"{path}: no such {what} file") from None
+    except OSError as e:
+        raise ScoringError(f"{path}: cannot read the {what} file ({e.strerror or e})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ScoringError(f"{path}: a folder, not a {what} file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ScoringError(f"{path}: not a regular file (a {what} file is read whole)")
+
+
+def _lines(path: Path, own_labels: bool) -> Iterator[tuple[int, dict]]:
+    _check_file(path, "predictions")
+    reader = _READERS[own_labels]
+    try:
+        with _open(path) as f:
+            for n, line in enumerate(f, start=1):
+                if n == 1 and line.startswith(_BOM):
+                    line = line[len(_BOM):]
+                if len(line) < 4 and not line.strip():  # a blank line (a record is never this short)
+                    continue
+                try:
+                    obj = reader.validate_json(line)
+                except ValidationError as e:
+                    raise ScoringError(_problem(path, n, line, e)) from None
+                yield n, obj
+    except (OSError, EOFError, zlib.error) as e:
+        raise ScoringError(f"{path}: cannot read it as gzip ({e})") from None
 
 
 _NO_PROBS = (float("nan"),) * 3
 
 
 def _probs(p: dict | None) -> tuple[float, float, float]:
-    return _NO_PROBS if not p else (float(p["1"]), float(p["2"]), float(p["Tie"]))
+    if not p:
+        return _NO_PROBS
+    return tuple(float("nan") if x is None else x for x in (p["1"], p["2"], p["Tie"]))  # type: ignore[return-value]
 
 
-def read_predictions(path: str | Path, own_labels: bool = True) -> Judgments:
+def read_predictions(path: str | Path, own_labels: bool = True, model: str | None = None) -> Judgments:
     """The judgments of a predictions file (streamed), one per (id, aspect) in order of first appearance.
 
     With `own_labels` False (a reference file will give labels and aspects) the authors' rows are not parsed
-    for theirs."""
+    for theirs. `model` picks one judge's records from a file holding several."""
     with _no_gc():
-        return _read_predictions(Path(path), own_labels)
+        return _read_predictions(Path(path), own_labels, model)
 
 
-def _read_predictions(path: Path, own_labels: bool) -> Judgments:
+def _read_predictions(path: Path, own_labels: bool, model: str | None) -> Judgments:
     cols = _Columns()
-    for n, obj in _lines(path):
+    for n, obj in _lines(path, own_labels):
         if "predict" in obj:  # the authors' vllm_infer.py output: every line is its own judgment
-            predict = obj.get("predict") or ""
+            predict = obj["predict"] or ""
             key = hash(("\0line", n))
             label = label_of(obj.get("label")) if own_labels else None
-            aspect = find_aspect(obj.get("prompt", "")) if own_labels else None
-            cols.add(key, False, parse_verdict(predict), label, None, predict[:1], aspect, (), key)
+            aspect = find_aspect(obj.get("prompt") or "") if own_labels else None
+            cols.add(n, key, False, parse_verdict(predict), label, None, predict[:1], aspect, (), key)
             continue
         if "verdict" not in obj or "id" not in obj:
             raise ScoringError(f"{path} line {n}: neither a sagelm judgment nor a vllm_infer row")
@@ -200,12 +425,16 @@ def _read_predictions(path: Path, own_labels: bool) -> Judgments:
         audios = tuple(a for a in (obj.get("audio_1"), obj.get("audio_2")) if a)
         label = obj.get("label")
         if label not in M.CODE:
-            raise ScoringError(f"{path} line {n}: label {label!r} is not 1, 2 or Tie")
-        verdict = obj.get("verdict")
-        cols.add(hash((rid, aspect)), bool(obj.get("swapped")), verdict if verdict in M.CODE else None, label,
-                 obj.get("probabilities"), (obj.get("raw") or "")[:1], aspect, audios,
-                 hash(audios) if audios else hash(("\0id", rid)))  # fmt: skip
-    return cols.units()
+            raise ScoringError(f"{path} line {n}: label must be {_LABEL}, not {json.dumps(label)}")
+        decoding = obj.get("decoding")
+        judge = (obj.get("model"), obj.get("backend"),
+                 None if decoding is None else json.dumps(decoding, sort_keys=True, default=str))  # fmt: skip
+        cols.add(n, hash((rid, aspect)), obj.get("swapped", False), obj["verdict"], label,  # type: ignore[arg-type]
+                 obj.get("probabilities"), (obj.get("raw") or "")[:1], aspect, audios,  # type: ignore[arg-type]
+                 hash(audios) if audios else hash(("\0id", rid)), obj.get("error") is not None, judge)  # fmt: skip
+    if not cols.key:
+        raise ScoringError(f"{path}: empty predictions file (no records in it)")
+    return cols.units(path, model)
 
 
 @contextmanager
@@ -227,19 +456,33 @@ def read_reference(path: str | Path) -> list[RefRow]:
 
 
 def _read_reference(path: Path) -> list[RefRow]:
+    _check_file(path, "reference")
+    data = path.read_bytes()
     try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ScoringError(f"{path}: no such reference file") from None
+        if data[:2] == b"\x1f\x8b":
+            data = gzip.decompress(data)
+        rows = json.loads(data)
+    except (OSError, EOFError, zlib.error) as e:
+        raise ScoringError(f"{path}: cannot read it as gzip ({e})") from None
+    except UnicodeDecodeError:
+        raise ScoringError(f"{path}: not UTF-8 text") from None
     except json.JSONDecodeError as e:
         raise ScoringError(f"{path}: not valid JSON ({e})") from None
+    del data
     if not isinstance(rows, list):
-        raise ScoringError(f"{path}: expected a JSON list of rows")
+        raise ScoringError(f"{path}: expected a JSON list of rows, not a JSON {type(rows).__name__}")
     out = []
     for i, r in enumerate(rows):
-        if not isinstance(r, dict) or "instruction" not in r or "output" not in r:
-            raise ScoringError(f"{path} row {i}: needs 'instruction' and 'output'")
-        out.append(RefRow(r["instruction"], r["output"] or "", tuple(r.get("audios") or ())))
+        if type(r) is not dict or type(r.get("instruction")) is not str:
+            raise ScoringError(f"{path} row {i}: needs an 'instruction' string")
+        output, audios = r.get("output", ...), r.get("audios") or ()
+        if output is ...:
+            raise ScoringError(f"{path} row {i}: needs 'output'")
+        if output is not None and type(output) is not str:
+            raise ScoringError(f"{path} row {i}: 'output' must be a string, not {json.dumps(output)[:40]}")
+        if type(audios) is not list or not all(type(a) is str for a in audios):
+            raise ScoringError(f"{path} row {i}: 'audios' must be a list of paths")
+        out.append(RefRow(r["instruction"], output or "", tuple(audios)))
     return out
 
 
@@ -291,9 +534,10 @@ def _cell(pred: np.ndarray, label: np.ndarray, clusters: np.ndarray, seed: int, 
     }
     if full:
         valid = pred != M.INVALID
+        acc_ci, agr_ci = M.bootstrap_cis([acc, agr], clusters, N_BOOT, seed)  # one resampling for both
         out |= {
-            "accuracy_ci": M.bootstrap_ci(acc, clusters, N_BOOT, seed),
-            "agreement_ci": M.bootstrap_ci(agr, clusters, N_BOOT, seed),
+            "accuracy_ci": acc_ci,
+            "agreement_ci": agr_ci,
             "kappa": M.cohen_kappa(pred, label),
             "confusion": M.confusion(pred, label),
             "labels": M.distribution(label),
@@ -387,25 +631,29 @@ def combine_runs(reports: list[dict], runs: list[Judgments], seed: int = 0) -> d
 PARALLEL_BYTES = 32 * 2**20  # below this, reading predictions beside the reference is not worth a process
 
 
-def _read_all(predictions: Sequence[str | Path], reference: str | Path | None) -> tuple[list[Judgments], list | None]:
+def _read_all(predictions: Sequence[str | Path], reference: str | Path | None,
+              model: str | None = None) -> tuple[list[Judgments], list | None]:  # fmt: skip
     """The predictions files and the reference. With a large reference on a machine that can fork, the
     predictions are streamed in a second process while this one parses the reference JSON (the two take about
     as long); only the compact columns come back."""
     own_labels = reference is None
     if reference is None:
-        return [read_predictions(p, own_labels) for p in predictions], None
+        return [read_predictions(p, own_labels, model) for p in predictions], None
     big = Path(reference).is_file() and Path(reference).stat().st_size >= PARALLEL_BYTES
     if not big or "fork" not in multiprocessing.get_all_start_methods() or os.environ.get("SAGELM_NO_FORK"):
         refs = read_reference(reference)
-        return [read_predictions(p, own_labels) for p in predictions], refs
+        return [read_predictions(p, own_labels, model) for p in predictions], refs
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork")) as pool:
-        pending = [pool.submit(read_predictions, p, own_labels) for p in predictions]
+        pending = [pool.submit(read_predictions, p, own_labels, model) for p in predictions]
         refs = read_reference(reference)
         return [f.result() for f in pending], refs
 
 
-def evaluate(predictions: Sequence[str | Path], reference: str | Path | None = None, seed: int = 0) -> dict:
-    all_units, refs = _read_all(predictions, reference)
+def evaluate(predictions: Sequence[str | Path], reference: str | Path | None = None, seed: int = 0,
+             model: str | None = None) -> dict:  # fmt: skip
+    """The full report of one predictions file, or of several runs of the same rows; `model` picks one judge's
+    records from files holding several."""
+    all_units, refs = _read_all(predictions, reference, model)
     runs = []
     for p, units in zip(predictions, all_units, strict=True):
         if refs is not None:
@@ -417,13 +665,14 @@ def evaluate(predictions: Sequence[str | Path], reference: str | Path | None = N
     return combine_runs(reports, runs, seed)
 
 
-def evaluate_official(predictions: Sequence[str | Path], reference: str | Path | None) -> dict:
+def evaluate_official(predictions: Sequence[str | Path], reference: str | Path | None,
+                      model: str | None = None) -> dict:  # fmt: skip
     """`--compat official`: the authors' scripts, figure for figure (official.py)."""
     from sagelm import official
 
     if reference is None:
         raise ScoringError("--compat official needs --reference REF.json, as the authors' scripts do")
-    all_units, refs = _read_all(predictions, reference)
+    all_units, refs = _read_all(predictions, reference, model)
     assert refs is not None
     kinds = {ASPECTS[a].kind for r in refs if (a := find_aspect(r.instruction)) in ASPECTS}
     if len(kinds) != 1:
