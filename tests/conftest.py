@@ -71,9 +71,10 @@ def tiny_full_dir(tmp_path_factory) -> Path:
 TONE_QUESTION = "Which response is the pure tone?"
 
 
-def teach_tone_judge(folder: Path, steps: int = 200, seed: int = 0) -> Path:
+def teach_tone_judge(folder: Path, steps: int = 200, seed: int = 0, always: str | None = None) -> Path:
     """A tiny thinker taught, in a few seconds, that the better response is the tone (not the noise), in
-    either position: enough to check audio order, probabilities and swap mapping end to end."""
+    either position: enough to check audio order, probabilities and swap mapping end to end.
+    With `always="1"` it is taught to answer "1" whatever it hears: a judge that knows only position."""
     import torch
 
     from sagelm.audio import Clip
@@ -88,6 +89,9 @@ def teach_tone_judge(folder: Path, steps: int = 200, seed: int = 0) -> Path:
     def example() -> Example:
         a = Clip("tone", tone(rng.uniform(0.5, 1.8), rng.uniform(250, 900)), 1.0)
         b = Clip("noise", noise(rng.uniform(0.5, 1.8), seed=int(rng.integers(1 << 30))), 1.0)
+        if always is not None:
+            first, second = (a, b) if rng.random() < 0.5 else (b, a)
+            return Example("helpfulness", TONE_QUESTION, first, second, f"{always}\nResponse {always}.<|im_end|>")
         if rng.random() < 0.5:
             return Example("helpfulness", TONE_QUESTION, a, b, "1\nResponse 1 is the tone.<|im_end|>")
         return Example("helpfulness", TONE_QUESTION, b, a, "2\nResponse 2 is the tone.<|im_end|>")
@@ -106,6 +110,12 @@ def teach_tone_judge(folder: Path, steps: int = 200, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tone_judge_dir(tmp_path_factory) -> Path:
     return teach_tone_judge(tmp_path_factory.mktemp("tone") / "judge")
+
+
+@pytest.fixture(scope="session")
+def position_judge_dir(tmp_path_factory) -> Path:
+    """A tiny judge that says "1" whatever it hears (it learns that in a few dozen steps)."""
+    return teach_tone_judge(tmp_path_factory.mktemp("position") / "judge", steps=30, always="1")
 
 
 @pytest.fixture(scope="session")

@@ -36,6 +36,7 @@ _USER_ERRORS = {
     "sagelm.scoring": ("ScoringError",),
     "sagelm.training": ("TrainConfigError",),
     "sagelm.synth": ("SynthError",),
+    "sagelm.arena": ("ArenaError",),
 }
 
 
@@ -495,6 +496,47 @@ def synth_gender(
             train_file, heldout_file = make_gender_set(out, train_pairs, heldout_pairs, seed,
                                                        on_clip=lambda: progress.advance(bar))  # fmt: skip
         stderr.print(f"wrote {train_file} and {heldout_file}", highlight=False)
+
+    _run(go)
+
+
+@app.command()
+def arena(
+    output: Annotated[Path, typer.Option(help="RUN_DIR: judgments.jsonl (resumed), leaderboard.*, report.html.")],
+    questions: Annotated[Path | None, typer.Option(help="Q.jsonl: {id, question, aspect?} per line.")] = None,
+    systems: Annotated[Path | None, typer.Option(help="DIR/<system>/<id>.<wav|flac|mp3|ogg>.")] = None,
+    baseline: Annotated[str | None, typer.Option(help="The system at 1000 (--pairs baseline's opponent).")] = None,
+    pairs: Annotated[str, typer.Option(help="all: every pair; baseline: each system vs --baseline.")] = "all",
+    aspect: Annotated[list[str] | None, typer.Option(help="Aspect(s) to judge; may repeat.")] = None,
+    model: Annotated[str | None, typer.Option(help="Hub id or local checkpoint folder.")] = None,
+    backend: Annotated[str, typer.Option(help="Judging engine: hf, vllm, ...")] = "hf",
+    one_order: Annotated[bool, typer.Option("--one-order", help="Judge each pair in one order only.")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Prompts per forward pass.")] = 1,
+    verdict_only: Annotated[bool, typer.Option("--verdict-only", help="Stop after the verdict.")] = False,
+    preset: Annotated[str, typer.Option(help="Decoding preset: greedy or paper.")] = "greedy",
+    seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(min=1, help="Cap on generated tokens.")] = None,
+    bootstrap: Annotated[int, typer.Option(min=10, help="Bootstrap replicates for the intervals.")] = 1000,
+) -> None:
+    """Rank speech systems: judge their answers pairwise, then Bradley-Terry ratings with 95% intervals.
+    Without --questions/--systems, recompute an existing RUN_DIR's leaderboard and report (no judging)."""
+    from sagelm.model import DEFAULT_MODEL
+
+    options = _decoding(preset, seed, verdict_only, max_new_tokens)
+
+    def go() -> None:
+        from sagelm.arena import ArenaConfig, run
+
+        model_id = model or DEFAULT_MODEL
+        _local_aspects(model_id)
+        _quiet_transformers() if questions is not None else None
+        cfg = ArenaConfig(output, questions, systems, baseline, pairs, aspect, model_id, backend, not one_order,
+                          batch_size, options, bootstrap)  # fmt: skip
+        result = run(cfg, _progress)
+        stderr.print(f"leaderboard: {output / 'leaderboard.md'}, report: {output / 'report.html'}", highlight=False)
+        import json as _json
+
+        sys.stdout.write(_json.dumps(result["overall"], indent=2) + "\n")
 
     _run(go)
 
