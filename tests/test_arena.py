@@ -38,7 +38,8 @@ def make_arena(root: Path, quality: dict[str, float], n: int, seed: int = 0) -> 
         good = set(rng.permutation(n)[: round(q * n)].tolist())
         for i in range(n):
             secs = float(rng.uniform(0.5, 0.9))
-            clip = tone(secs, float(rng.uniform(300, 800))) if i in good else noise(secs, seed=int(rng.integers(1 << 30)))
+            seed_i = int(rng.integers(1 << 30))
+            clip = tone(secs, float(rng.uniform(300, 800))) if i in good else noise(secs, seed=seed_i)
             write(root / "systems" / name / f"q{i:02d}.wav", clip)
     return qfile, root / "systems"
 
