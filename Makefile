@@ -16,12 +16,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/sagelm demo $(ARGS)
 
-# espeak-ng speaks the synthetic training data of the learning test and example (Debian/Ubuntu package).
+# espeak-ng speaks the synthetic training data of the learning test and example (Debian/Ubuntu package);
+# chromium opens the arena's report.html in its browser test.
 system-deps:
 	@command -v espeak-ng >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get install -y -q espeak-ng >/dev/null 2>&1 || \
 	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q espeak-ng >/dev/null; }; }
+	@command -v chromium >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; }; }
 
 test: $(STAMP) system-deps
 	$(VENV)/bin/ruff check src tests benchmarks
@@ -29,7 +34,7 @@ test: $(STAMP) system-deps
 
 # The README's training example: a tiny random judge learns gender instruction following on the CPU.
 learn: $(STAMP) system-deps
-	$(VENV)/bin/sagelm synth gender runs/gender --train-pairs 1000
+	$(VENV)/bin/sagelm synth gender runs/gender --train-pairs 1000 --overwrite
 	$(VENV)/bin/sagelm tiny-model runs/tiny --hidden-size 128
 	$(VENV)/bin/sagelm train configs/gender_tiny.yaml
 	rm -f runs/heldout.jsonl

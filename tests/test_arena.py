@@ -161,3 +161,120 @@ def test_user_errors_are_one_line(arena, tmp_path):
     assert p.returncode == 1 and f"{bad} line 2" in p.stderr
     p = sagelm("arena", "--output", tmp_path / "nothing-here", check=False)
     assert p.returncode == 1 and "not an arena run folder" in p.stderr
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = Path(os.environ.get("SAGELM_ARTIFACTS", REPO / "runs" / "test-artifacts"))
+
+
+class Browser:
+    """Headless Chromium driven over the DevTools protocol on a pipe (fds 3 and 4, NUL-separated JSON)."""
+
+    def __init__(self, tmp: Path):
+        r_cmd, w_cmd = os.pipe()
+        r_ev, w_ev = os.pipe()
+
+        def to_3_and_4() -> None:  # in the child: the commands on fd 3, the answers on fd 4
+            cmd, ev = os.dup(r_cmd), os.dup(w_ev)
+            os.dup2(cmd, 3)
+            os.dup2(ev, 4)
+
+        self.proc = subprocess.Popen(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
+             "--allow-file-access-from-files", "--mute-audio", f"--user-data-dir={tmp / 'profile'}", "about:blank"],
+            preexec_fn=to_3_and_4, close_fds=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        os.close(r_cmd)
+        os.close(w_ev)
+        self.w, self.r = os.fdopen(w_cmd, "wb"), os.fdopen(r_ev, "rb")
+        self.n, self.events, self.buf = 0, [], b""
+
+    def _read(self) -> dict:
+        while b"\0" not in self.buf:
+            chunk = self.r.read1(1 << 16)
+            assert chunk, "chromium closed its pipe"
+            self.buf += chunk
+        msg, self.buf = self.buf.split(b"\0", 1)
+        return json.loads(msg)
+
+    def send(self, method: str, session: str | None = None, **params) -> dict:
+        self.n += 1
+        msg = {"id": self.n, "method": method, "params": params, **({"sessionId": session} if session else {})}
+        self.w.write(json.dumps(msg).encode() + b"\0")
+        self.w.flush()
+        while True:
+            m = self._read()
+            if m.get("id") == self.n:
+                assert "error" not in m, m
+                return m["result"]
+            self.events.append(m)
+
+    def wait_event(self, method: str, timeout: float = 30) -> dict:
+        end = time.time() + timeout
+        while time.time() < end:
+            for m in self.events:
+                if m.get("method") == method:
+                    return m
+            self.events.append(self._read())
+        raise AssertionError(f"no {method} within {timeout} s")
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install chromium)")
+def test_report_renders_in_a_real_browser(tone_judge_dir, tmp_path):
+    qfile, systems = make_arena(tmp_path / "data", {"alpha": 0.8, "beta": 0.5, "gamma": 0.2}, 6, seed=5)
+    out = tmp_path / "run"
+    sagelm("arena", "--questions", qfile, "--systems", systems, "--output", out, "--model", tone_judge_dir,
+           "--max-new-tokens", "12", "--batch-size", 8, "--bootstrap", 200)  # fmt: skip
+    b = Browser(tmp_path)
+    try:
+        target = b.send("Target.createTarget", url="about:blank")["targetId"]
+        s = b.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        for domain in ("Page", "Runtime", "Log"):
+            b.send(f"{domain}.enable", s)
+        b.send("Emulation.setDeviceMetricsOverride", s, width=1400, height=2400, deviceScaleFactor=1, mobile=False)
+        b.send("Page.navigate", s, url=(out / "report.html").as_uri())
+        b.wait_event("Page.loadEventFired")
+        time.sleep(0.3)
+
+        def js(expr: str):
+            return b.send("Runtime.evaluate", s, expression=expr, returnByValue=True)["result"]["value"]
+
+        rows = js("Array.from(document.querySelectorAll('table.leaderboard[data-group=overall] tr.system-row'))"
+                  ".map(tr => tr.dataset.system)")  # fmt: skip
+        assert sorted(rows) == ["alpha", "beta", "gamma"]
+        box = js("(() => {const r = document.getElementById('ratings-plot').getBoundingClientRect();"
+                 "return [r.x, r.y + window.scrollY, r.width, r.height, document.getElementById('ratings-plot')"
+                 ".naturalWidth]})()")  # fmt: skip
+        assert box[2] > 100 and box[3] > 50 and box[4] > 0
+        srcs = js("Array.from(document.querySelectorAll('audio')).map(a => a.src)")
+        assert srcs and all(src.startswith("file://") for src in srcs)
+        from urllib.parse import unquote, urlparse
+
+        assert all(Path(unquote(urlparse(src).path)).is_file() for src in srcs)
+        assert js("document.querySelectorAll('#questions tbody tr').length") == 3 * 6
+        js("document.getElementById('filter-system').value = 'alpha';"
+           "document.getElementById('filter-system').dispatchEvent(new Event('change'))")  # fmt: skip
+        assert js("document.getElementById('shown').textContent") == str(2 * 6)
+        import base64
+        import io
+
+        from PIL import Image
+
+        clip = {"x": box[0], "y": box[1], "width": box[2], "height": box[3], "scale": 1}
+        png = base64.b64decode(b.send("Page.captureScreenshot", s, format="png", clip=clip,
+                                      captureBeyondViewport=True)["data"])  # fmt: skip
+        pixels = np.asarray(Image.open(io.BytesIO(png)).convert("L"))
+        assert (pixels < 200).mean() > 0.01  # drawn: marks and labels, not a blank box
+        full = base64.b64decode(b.send("Page.captureScreenshot", s, format="png", captureBeyondViewport=True)["data"])
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / "arena_report.png").write_bytes(full)
+        errors = [m for m in b.events if m.get("method") == "Runtime.exceptionThrown"
+                  or (m.get("method") == "Runtime.consoleAPICalled" and m["params"]["type"] == "error")
+                  or (m.get("method") == "Log.entryAdded" and m["params"]["entry"]["level"] == "error")]  # fmt: skip
+        assert not errors, errors
+    finally:
+        b.close()
