@@ -441,3 +441,146 @@ def test_torchrun_two_processes_share_the_data(tmp_path, tiny_dir, tone_data):
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["stages"][0]["steps"] == 3
     assert (out / "model.safetensors").is_file() and (out / "preprocessor_config.json").is_file()
+
+
+# -- issue 9: nothing lost, one-line errors --------------------------------------------------------------------
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*SAGELM, *args], capture_output=True, text=True, env=ENV, timeout=300)
+
+
+def _one_line_error(done: subprocess.CompletedProcess, *parts: str) -> str:
+    """The run ended with exit 1 and one error line (after the log lines, if any), holding every part."""
+    lines = [x for x in done.stderr.strip().splitlines() if x.strip()]
+    assert done.returncode == 1, done.stderr
+    assert lines[-1].startswith("sagelm: error: ") and "Traceback" not in done.stderr, done.stderr
+    assert all(p in lines[-1] for p in parts), lines[-1]
+    return lines[-1]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["learning_rate=.inf"], "learning_rate=inf"),
+        (["learning_rate=.nan"], "learning_rate=nan"),
+        (["stages=[{dataset: a.json, learning_rate: .inf}]", "dataset="], "stages.0.learning_rate=inf"),
+        (["resume_from_checkpoint=/no/such/checkpoint-4"], "resume_from_checkpoint '/no/such/checkpoint-4': no such"),
+        (["media_dir=/no/such/media"], "media_dir '/no/such/media': no such folder"),
+        (["report_to=wandb"], "report_to='wandb' but the wandb package is not installed"),
+        (["report_to=wanddb"], "report_to='wanddb': not one of"),
+    ],
+)
+def test_bad_values_stop_before_any_work(tmp_path, overrides, message):
+    if "report_to=wandb" in overrides and __import__("importlib").util.find_spec("wandb"):
+        pytest.skip("wandb is installed here")
+    with pytest.raises(TrainConfigError) as e:
+        load_config(_config(tmp_path), overrides)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_yaml_alias_bomb_gives_a_short_message(tmp_path):
+    bomb = ["a: &a [x, x, x, x, x, x, x, x, x]"] + [
+        f"{c}: &{c} [{', '.join(['*' + p] * 9)}]" for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+    ]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(bomb) + "\noutput_dir: o\ndataset: d.json\nlearning_rate: *i\n")
+    with pytest.raises(TrainConfigError) as e:
+        load_config(path)
+    assert "learning_rate=" in str(e.value) and len(str(e.value)) < 400
+
+
+def test_cli_output_dir_resume_path_and_aspects_file_errors(tmp_path, tiny_dir, tone_data):
+    (tmp_path / "file").write_text("mine")
+    base = [f"model_name_or_path={tiny_dir}", f"dataset={tone_data}", "max_steps=1"]
+    _one_line_error(_cli("train", str(_config(tmp_path)), *base, f"output_dir={tmp_path / 'file'}"),
+                    "output_dir", "is a file")  # fmt: skip
+    assert (tmp_path / "file").read_text() == "mine"
+    done = _cli("train", str(_config(tmp_path)), *base, "resume_from_checkpoint=runs/x/checkpoint-4")
+    _one_line_error(done, "resume_from_checkpoint 'runs/x/checkpoint-4': no such checkpoint folder")
+    # A trained judge's corrupt sagelm_aspects.json is named, not an internal error.
+    judge = tmp_path / "judge"
+    judge.mkdir()
+    (judge / "sagelm_aspects.json").write_text('{"new_aspects": ["pitch"')
+    rows = [json.loads(x) for x in tone_data.read_text().splitlines()[:1]]
+    done = _cli("judge", "--model", str(judge), "--instruction", "q", rows[0]["audio_1"], rows[0]["audio_2"])
+    _one_line_error(done, str(judge / "sagelm_aspects.json"), "not valid JSON")
+
+
+def test_overwrite_output_dir_removes_only_what_sagelm_wrote(tmp_path, tiny_dir, tone_data):
+    out = tmp_path / "out"
+    (out / "stage-1" / "checkpoint-99").mkdir(parents=True)  # an earlier run's checkpoint
+    (out / "train_summary.json").write_text("{}")
+    (out / "notes.txt").write_text("my notes")
+    (out / "configs").mkdir()
+    (out / "configs" / "run.yaml").write_text("a: 1\n")
+    train(_run_config(tiny_dir, tone_data, out, "max_steps=2", "overwrite_output_dir=true"))
+    assert (out / "notes.txt").read_text() == "my notes" and (out / "configs" / "run.yaml").is_file()
+    assert not (out / "stage-1" / "checkpoint-99").exists() and (out / "stage-1" / "checkpoint-2").is_dir()
+    assert json.loads((out / "train_summary.json").read_text())["stages"][0]["steps"] == 2
+    # A stage folder holding something sagelm did not write is not removed.
+    (out / "stage-1" / "data.json").write_text("[]")
+    with pytest.raises(TrainConfigError, match="holds files sagelm did not write"):
+        train(_run_config(tiny_dir, tone_data, out, "max_steps=1", "overwrite_output_dir=true"))
+    assert (out / "stage-1" / "data.json").is_file() and (out / "stage-1" / "checkpoint-2").is_dir()
+
+
+def test_output_dir_holding_the_model_or_the_data_is_refused(tmp_path, tiny_dir, tone_data):
+    import shutil
+
+    model = shutil.copytree(tiny_dir, tmp_path / "run" / "base")
+    before = (model / "model.safetensors").read_bytes()
+    with pytest.raises(TrainConfigError, match="holds the model being trained"):
+        train(_run_config(model, tone_data, tmp_path / "run", "max_steps=1", "overwrite_output_dir=true"))
+    assert (model / "model.safetensors").read_bytes() == before
+    with pytest.raises(TrainConfigError, match="holds training data"):
+        train(_run_config(tiny_dir, tone_data, tone_data.parent, "max_steps=1", "overwrite_output_dir=true"))
+    assert tone_data.is_file() and (tone_data.parent / "t0.wav").is_file()
+
+
+def test_a_loss_that_becomes_nan_stops_training(tmp_path, tiny_dir, tone_data):
+    from sagelm.training import TrainingDiverged
+
+    out = tmp_path / "out"
+    with pytest.raises(TrainingDiverged, match=r"stage 1 step \d+: the loss is nan") as e:
+        train(_run_config(tiny_dir, tone_data, out, "max_steps=4", "learning_rate=1e30", "max_grad_norm=1e30"))
+    assert "\n" not in str(e.value)
+    assert not (out / "model.safetensors").exists() and not (out / "train_summary.json").exists()
+
+
+def test_summary_writes_null_never_nan(tmp_path):
+    from sagelm.training import StageResult, _write_summary
+
+    config = load_config(None, [f"output_dir={tmp_path}", "dataset=d.json"])
+    result = StageResult(1, ["d.json"], {"kept": 1}, 0, 1.0, 1e-5, float("nan"), 0.0, str(tmp_path))
+    _write_summary(tmp_path, config, [result], resumed=False)
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} in the summary")
+
+    summary = json.loads((tmp_path / "train_summary.json").read_text(), parse_constant=refuse)
+    assert summary["stages"][0]["final_loss"] is None
+
+
+def test_resume_with_a_larger_max_steps_continues_and_a_corrupt_checkpoint_is_named(tmp_path, tiny_dir, tone_data):
+    from transformers import TrainerCallback
+
+    out = tmp_path / "out"
+    train(_run_config(tiny_dir, tone_data, out, "max_steps=4"))
+    steps_seen: list[int] = []
+
+    class Seen(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            steps_seen.append(state.global_step)
+
+    first = _weights(out)
+    train(_run_config(tiny_dir, tone_data, out, "max_steps=6", "resume_from_checkpoint=true"), callbacks=[Seen()])
+    assert steps_seen == [5, 6]
+    assert json.loads((out / "train_summary.json").read_text())["stages"][0]["steps"] == 6
+    assert not np.array_equal(first["lm_head.weight"], _weights(out)["lm_head.weight"])
+    # A truncated checkpoint: the file is named and the checkpoint before it suggested, in one line (exit 1).
+    weights = out / "stage-1" / "checkpoint-6" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    args = [f"model_name_or_path={tiny_dir}", f"dataset={tone_data}", f"output_dir={out}", "max_steps=8",
+            "per_device_train_batch_size=4", "gradient_accumulation_steps=1", "save_steps=2"]  # fmt: skip
+    done = _cli("train", str(_config(tmp_path)), *args, "resume_from_checkpoint=true")
+    previous = out / "stage-1" / "checkpoint-4"
+    _one_line_error(done, str(weights), "corrupt or truncated", f"resume_from_checkpoint={previous}")

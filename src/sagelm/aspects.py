@@ -50,6 +50,10 @@ class UnknownAspectError(ValueError):
     pass
 
 
+class AspectsFileError(UnknownAspectError):
+    """A checkpoint's sagelm_aspects.json that cannot be read (the message names it)."""
+
+
 def get_aspect(name: str) -> Aspect:
     """The registered aspect called `name` (exact prompt string or a short alias)."""
     key = _ALIASES.get(name, name)
@@ -84,7 +88,16 @@ def load_aspects(folder: str | Path) -> list[str]:
     path = Path(folder, ASPECTS_FILE)
     if not path.is_file():
         return []
-    names = json.loads(path.read_text(encoding="utf-8")).get("new_aspects", [])
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise AspectsFileError(f"{path}: not valid JSON ({str(e).splitlines()[0]})") from None
+    names = saved.get("new_aspects", []) if isinstance(saved, dict) else None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise AspectsFileError(f'{path}: expected {{"new_aspects": [aspect names]}}')
     for n in names:
-        register_aspect(n)
+        try:
+            register_aspect(n)
+        except UnknownAspectError as e:
+            raise AspectsFileError(f"{path}: {e}") from None
     return names

@@ -9,6 +9,7 @@ audio tokens, and drops those longer than the cutoff, counting them, instead of 
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -73,10 +74,25 @@ def swapped(sample: Sample) -> Sample:
     )
 
 
-def read_samples(paths: Sequence[str | Path], max_samples: int | None = None) -> tuple[list[Sample], list[str]]:
-    """The samples of the data files, and one-line problems for the rows that cannot be trained on."""
+def _in_media_dir(audio: str, data_folder: Path, media_dir: Path) -> str:
+    """LLaMA-Factory's `media_dir`: a relative audio path names `media_dir/path` when that file exists, else the
+    path as before. `read_pairs` has already joined a relative path to the data file's folder (or the working
+    directory); this takes that folder off again to find the path as written."""
+    for folder in (data_folder, Path.cwd()):
+        prefix = str(folder) + os.sep
+        if audio.startswith(prefix) and (media_dir / audio[len(prefix):]).is_file():
+            return str(media_dir / audio[len(prefix):])
+    return audio
+
+
+def read_samples(
+    paths: Sequence[str | Path], max_samples: int | None = None, media_dir: str | Path | None = None
+) -> tuple[list[Sample], list[str]]:
+    """The samples of the data files, and one-line problems for the rows that cannot be trained on. With
+    `media_dir`, relative audio paths resolve against it first (LLaMA-Factory's meaning)."""
     samples: list[Sample] = []
     problems: list[str] = []
+    media = Path(media_dir).expanduser() if media_dir is not None else None
     for path in paths:
         n = 0
         for row in read_pairs(path):
@@ -96,7 +112,10 @@ def read_samples(paths: Sequence[str | Path], max_samples: int | None = None) ->
                 problems.append(f"{where}: no aspect (give it in the prompt or an 'aspect' field)")
                 continue
             rationale = target.split("\n", 1)[1].strip("\n") if "\n" in target else ""
-            samples.append(Sample(row.id, row.aspect, row.question, row.audio_1, row.audio_2, verdict, rationale,
+            audio_1, audio_2 = row.audio_1, row.audio_2
+            if media is not None:
+                audio_1, audio_2 = (_in_media_dir(a, Path(path).parent, media) for a in (audio_1, audio_2))
+            samples.append(Sample(row.id, row.aspect, row.question, audio_1, audio_2, verdict, rationale,
                                   source=str(path)))  # fmt: skip
     return samples, problems
 
@@ -192,11 +211,25 @@ class Collator:
         return build_inputs(self.tokenizer, self.feature_extractor, examples, with_answers=True)
 
 
+def read_dataset_info(path: Path) -> dict[str, Any]:
+    """LLaMA-Factory's dataset registry ({} when there is none); a DataError naming it when it is not a JSON
+    object."""
+    import json
+
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not valid JSON ({str(e).splitlines()[0]})") from None
+    if not isinstance(info, dict):
+        raise DataError(f"{path}: expected a JSON object of dataset entries, got a {type(info).__name__}")
+    return info
+
+
 def data_files(names: Sequence[str], dataset_dir: str | Path | None) -> list[Path]:
     """Data files for `dataset` entries: a path, or a name registered in `dataset_dir/dataset_info.json`
     (LLaMA-Factory's registry, as `sagelm export llamafactory` writes it)."""
-    import json
-
     out: list[Path] = []
     info: dict[str, Any] | None = None
     base = Path(dataset_dir) if dataset_dir else Path.cwd()
@@ -208,10 +241,9 @@ def data_files(names: Sequence[str], dataset_dir: str | Path | None) -> list[Pat
             out.append(p)
             continue
         if info is None:
-            reg = base / "dataset_info.json"
-            info = json.loads(reg.read_text(encoding="utf-8")) if reg.is_file() else {}
+            info = read_dataset_info(base / "dataset_info.json")
         entry = info.get(name)
-        if entry is None or "file_name" not in entry:
+        if not isinstance(entry, dict) or "file_name" not in entry:
             raise DataError(f"dataset {name!r}: no such file, and not registered in {base / 'dataset_info.json'}")
         out.append(base / entry["file_name"])
     return out

@@ -18,8 +18,10 @@ import json
 import logging
 import math
 import os
+import reprlib
 import shutil
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,22 @@ class TrainConfigError(ValueError):
     """A training configuration that cannot run; the message names the key and the problem."""
 
 
+class TrainingDiverged(TrainConfigError):
+    """The loss (or the weights) stopped being finite numbers: training stops instead of saving a broken judge."""
+
+
+# What an error message quotes of a value: bounded, so that a YAML alias bomb does not become a 351 MB line.
+_QUOTE = reprlib.Repr()
+_QUOTE.maxlevel, _QUOTE.maxlist, _QUOTE.maxdict, _QUOTE.maxstring, _QUOTE.maxother, _QUOTE.maxlong = 2, 4, 4, 80, 80, 40
+
+# `report_to` integrations and the packages they need (transformers.integrations), checked before any work.
+_REPORTERS = {
+    "wandb": ("wandb",), "tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",),
+    "comet_ml": ("comet_ml",), "clearml": ("clearml",), "neptune": ("neptune",), "dvclive": ("dvclive",),
+    "swanlab": ("swanlab",), "codecarbon": ("codecarbon",), "azure_ml": ("azureml",), "trackio": ("trackio",),
+}  # fmt: skip
+
+
 def _as_list(v: Any) -> Any:
     if isinstance(v, str):
         return [s.strip() for s in v.split(",") if s.strip()]  # LLaMA-Factory: "a,b"
@@ -49,7 +67,7 @@ def _as_list(v: Any) -> Any:
 class Stage(BaseModel):
     """One step of a curriculum: its data, epochs and learning rate (default: the run's)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     dataset: list[str] = Field(min_length=1)
     epochs: float | None = Field(default=None, gt=0)
     learning_rate: float | None = Field(default=None, gt=0)
@@ -58,7 +76,7 @@ class Stage(BaseModel):
 
 
 class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # learning_rate: .inf is not a rate
 
     model_name_or_path: str = RECIPE["model_name_or_path"]
     dataset: list[str] | None = None
@@ -103,7 +121,7 @@ class TrainConfig(BaseModel):
     overwrite_cache: bool | None = None
     preprocessing_num_workers: int | None = None
     plot_loss: bool | None = None
-    media_dir: str | None = None
+    media_dir: str | None = None  # relative audio paths resolve against it first (LLaMA-Factory's meaning)
 
     _split = field_validator("dataset", mode="before")(_as_list)
 
@@ -158,8 +176,8 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Train
             raise TrainConfigError(f"{where}: unknown key {key!r}") from None
         if err["type"] == "missing":
             raise TrainConfigError(f"{where}: {key!r} is required") from None
-        value = err.get("input")
-        raise TrainConfigError(f"{where}: {key}={value!r}: {err['msg']}") from None
+        value = _QUOTE.repr(err.get("input"))
+        raise TrainConfigError(f"{where}: {key}={value}: {err['msg']}") from None
     config.plan()
     from sagelm.aspects import UnknownAspectError, register_aspect
 
@@ -170,7 +188,25 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Train
             raise TrainConfigError(f"{where}: {e}") from None
     if config.deepspeed and not Path(config.deepspeed).is_file():
         raise TrainConfigError(f"{where}: deepspeed config {config.deepspeed!r} not found")
+    resume = config.resume_from_checkpoint
+    if isinstance(resume, str) and not Path(resume).expanduser().is_dir():
+        raise TrainConfigError(f"{where}: resume_from_checkpoint {resume!r}: no such checkpoint folder")
+    if config.media_dir is not None and not Path(config.media_dir).expanduser().is_dir():
+        raise TrainConfigError(f"{where}: media_dir {config.media_dir!r}: no such folder")
+    _check_reporters(config.report_to, where)
     return config
+
+
+def _check_reporters(report_to: str, where: str) -> None:
+    """Each `report_to` integration is known and installed (else Trainer fails after the model has loaded)."""
+    for name in _as_list(report_to):
+        if name in ("none", "all"):
+            continue
+        if name not in _REPORTERS:
+            raise TrainConfigError(f"{where}: report_to={name!r}: not one of none, all, {', '.join(_REPORTERS)}")
+        if not any(importlib.util.find_spec(m) for m in _REPORTERS[name]):
+            raise TrainConfigError(f"{where}: report_to={name!r} but the {_REPORTERS[name][0]} package is not "
+                                   f"installed (pip install {_REPORTERS[name][0]}, or report_to: none)")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -182,9 +218,10 @@ class StageResult:
     steps: int
     epochs: float
     learning_rate: float
-    final_loss: float | None
+    final_loss: float | None  # None when no finite loss was logged
     seconds: float
     folder: str
+    max_steps: int = -1  # as configured (-1: epochs decide); a resume with a larger one continues the stage
 
 
 Progress = Callable[[str, int, int], None]  # (stage label, step, total steps)
@@ -227,17 +264,71 @@ def _trainer_callbacks(
     return [Report(), SaveFeatureExtractor()]
 
 
+def _step_of(folder: Path) -> int:
+    tail = folder.name.rsplit("-", 1)[-1]
+    return int(tail) if folder.name.startswith("checkpoint-") and tail.isdigit() else -1
+
+
+def _checkpoint_problem(folder: Path, trainer_files: bool) -> str | None:
+    """What makes `folder` unusable to resume from (a missing or truncated file), or None. Cheap: JSON files are
+    parsed, safetensors headers read and torch's zip archives opened, nothing is loaded."""
+    from safetensors import safe_open
+
+    if not folder.is_dir():
+        return f"{folder}: no such checkpoint folder"
+    needed = ["config.json"] + (["trainer_state.json"] if trainer_files else [])
+    for name in needed:
+        f = folder / name
+        if not f.is_file():
+            return f"{f}: missing"
+        try:
+            json.loads(f.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            return f"{f}: corrupt ({str(e).splitlines()[0]})"
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        return f"{folder}: no model weights (*.safetensors)"
+    for f in weights:
+        try:
+            with safe_open(str(f), framework="pt"):
+                pass
+        except Exception as e:  # safetensors raises its own error types for a bad header or a short file
+            return f"{f}: corrupt or truncated ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    for f in sorted(folder.glob("*.pt")) + sorted(folder.glob("*.pth")):
+        try:
+            zipfile.ZipFile(f).close()
+        except (zipfile.BadZipFile, OSError) as e:
+            return f"{f}: corrupt or truncated ({e})"
+    return None
+
+
+def _check_checkpoint(folder: Path, trainer_files: bool = True) -> None:
+    """A one-line TrainConfigError naming the bad file (and the previous checkpoint-N) when `folder` cannot be
+    resumed from."""
+    problem = _checkpoint_problem(folder, trainer_files)
+    if problem is None:
+        return
+    step = _step_of(folder)
+    earlier = [p for p in folder.parent.glob("checkpoint-*") if -1 < _step_of(p) < step] if step >= 0 else []
+    if earlier:
+        previous = max(earlier, key=_step_of)
+        problem += f"; resume from the previous one with resume_from_checkpoint={previous}"
+    raise TrainConfigError(problem)
+
+
 def _load_weights(thinker: Any, folder: str | Path) -> None:
     """Load a saved thinker's weights into `thinker` through `from_pretrained`, which maps the checkpoint's
     tensor names to the module's."""
     from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
+    _check_checkpoint(Path(folder), trainer_files=False)
     saved = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(folder, dtype=thinker.dtype)
     thinker.load_state_dict(saved.state_dict())
     logger.info("weights loaded from %s", folder)
 
 
-def _trainer_class() -> type:
+def _trainer_class(label: str) -> type:
+    import torch
     from transformers import Trainer
 
     class JudgeTrainer(Trainer):
@@ -251,6 +342,15 @@ def _trainer_class() -> type:
 
         def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
             _load_weights(model or self.model, resume_from_checkpoint)
+
+        def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            if not bool(torch.isfinite(loss.detach()).all()):  # one sync a step: cheap beside the step itself
+                raise TrainingDiverged(
+                    f"{label} step {self.state.global_step + 1}: the loss is {float(loss):g}; training stopped "
+                    f"(learning_rate {self.args.learning_rate:g} too high, or bad data?)"
+                )
+            return loss
 
     return JudgeTrainer
 
@@ -279,6 +379,52 @@ def _is_model(folder: Path) -> bool:
     return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
 
 
+def _within(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def _check_output_dir(out: Path, config: TrainConfig) -> None:
+    """`output_dir` is a folder (or can be one) and, unless resuming, empty or `overwrite_output_dir` allows
+    writing into it."""
+    if out.exists() and not out.is_dir():
+        raise TrainConfigError(f"output_dir {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not config.resume_from_checkpoint and not config.overwrite_output_dir:
+        raise TrainConfigError(
+            f"output_dir {out} is not empty; set resume_from_checkpoint: true to continue that run, "
+            "overwrite_output_dir: true to write into it (only what an earlier run saved there is replaced), "
+            "or choose another output_dir"
+        )
+
+
+def _check_nothing_read_inside(out: Path, base: Path, prepared: list[tuple[list[Path], Any]]) -> None:
+    """`output_dir` holds neither the model being trained nor its data (saving would write over them)."""
+    if _within(base, out):
+        raise TrainConfigError(f"output_dir {out} holds the model being trained ({base}); choose another output_dir")
+    for files, ready in prepared:
+        inside = next((f for f in files if _within(f, out)), None)
+        inside = inside or next((Path(a) for s in ready.samples for a in (s.audio_1, s.audio_2)
+                                 if _within(Path(a), out)), None)  # fmt: skip
+        if inside is not None:
+            raise TrainConfigError(f"output_dir {out} holds training data ({inside}); choose another output_dir")
+
+
+def _clear_previous_run(out: Path) -> None:
+    """Before a fresh run in a used `output_dir` (`overwrite_output_dir`): remove what an earlier sagelm run wrote
+    that would mislead a later resume (its `stage-K` folders of checkpoints and its summary) and nothing else;
+    the judge files at the top are overwritten when this run saves."""
+    stale = [d for d in out.glob("stage-*") if d.is_dir() and d.name.removeprefix("stage-").isdigit()]
+    for d in stale:
+        foreign = [p.name for p in d.iterdir() if not (p.is_dir() and (p.name == "final" or _step_of(p) >= 0))]
+        if foreign:
+            raise TrainConfigError(f"output_dir {out}: {d} holds files sagelm did not write "
+                                   f"({', '.join(foreign[:3])}); move them or choose another output_dir")  # fmt: skip
+    for d in stale:
+        logger.info("overwrite_output_dir: removing %s (an earlier run's checkpoints)", d)
+        shutil.rmtree(d)
+    (out / SUMMARY_FILE).unlink(missing_ok=True)
+
+
 def _training_args(config: TrainConfig, stage: Stage, folder: Path, bf16: bool) -> Any:
     import torch
     from transformers import TrainingArguments
@@ -302,6 +448,7 @@ def _training_args(config: TrainConfig, stage: Stage, folder: Path, bf16: bool) 
         save_total_limit=config.save_total_limit,
         save_only_model=config.save_only_model,
         logging_steps=config.logging_steps,
+        logging_nan_inf_filter=False,  # a NaN loss is reported, never averaged away
         deepspeed=config.deepspeed,
         activation_checkpointing=config.gradient_checkpointing,
         dataloader_pin_memory=not cpu,
@@ -332,7 +479,7 @@ def _prepare_stage(k: int, stage: Stage, config: TrainConfig, tokenizer: Any) ->
     from sagelm.samples import data_files, prepare, read_samples
 
     files = data_files(stage.dataset, config.dataset_dir)
-    samples, problems = read_samples(files, config.max_samples)
+    samples, problems = read_samples(files, config.max_samples, config.media_dir)
     ready = prepare(samples, tokenizer, config.cutoff_len, config.swap_augment, problems)
     for p in ready.problems:
         logger.warning("%s", p)
@@ -361,19 +508,86 @@ def _trainable_thinker(path: str, dtype: Any, freeze_audio_encoder: bool) -> Any
     return thinker.train()
 
 
+def _finite(obj: Any) -> Any:
+    """`obj` with every NaN/inf float replaced by None: the summary is strict JSON (null, never NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _previous_stages(out: Path) -> dict[int, dict[str, Any]]:
+    """The stages an earlier run's summary records, by index ({} without a readable summary)."""
+    try:
+        stages = json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8")).get("stages", [])
+        return {int(s["index"]): s for s in stages}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return {}
+
+
+def _wants_more(config: TrainConfig, stage: Stage, before: dict[str, Any] | None) -> bool:
+    """A finished stage that this config asks to train further (a larger max_steps, or more epochs)."""
+    if before is None:
+        return False
+    if config.max_steps > 0:
+        return config.max_steps > int(before.get("steps", 0))
+    return int(before.get("max_steps", -1)) <= 0 and float(stage.epochs or 0) > float(before.get("epochs", 0))
+
+
 def _write_summary(out: Path, config: TrainConfig, results: list[StageResult], resumed: bool) -> None:
     summary = {
         "model_name_or_path": config.model_name_or_path,
         "config": config.model_dump(exclude_none=True),
         "stages": [r.__dict__ for r in results],
     }
-    path = out / SUMMARY_FILE
-    if path.is_file() and resumed:  # keep what earlier runs recorded of the stages this one skipped
+    if resumed:  # keep what earlier runs recorded of the stages this one skipped
         done = {s["index"] for s in summary["stages"]}
-        old = json.loads(path.read_text(encoding="utf-8")).get("stages", [])
-        summary["stages"] = sorted([s for s in old if s["index"] not in done] + summary["stages"],
-                                   key=lambda s: s["index"])  # fmt: skip
-    path.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+        old = [s for i, s in _previous_stages(out).items() if i not in done]
+        summary["stages"] = sorted(old + summary["stages"], key=lambda s: s["index"])
+    text = json.dumps(_finite(summary), indent=2, default=str, allow_nan=False)
+    (out / SUMMARY_FILE).write_text(text + "\n", encoding="utf-8")
+
+
+def _check_finite_weights(thinker: Any, label: str) -> None:
+    import torch
+
+    bad = next((n for n, p in thinker.named_parameters() if p.requires_grad and not bool(torch.isfinite(p).all())),
+               None)  # fmt: skip
+    if bad is not None:
+        raise TrainingDiverged(f"{label}: weight {bad} is no longer finite (NaN/inf); the judge is not saved "
+                               "(learning_rate too high?)")  # fmt: skip
+
+
+def _start_point(
+    k: int, stage: Stage, last: bool, out: Path, config: TrainConfig, before: dict[int, dict[str, Any]]
+) -> tuple[bool, str | None]:
+    """(stage k is done, the checkpoint it resumes from), worked out and checked before the model is loaded. A
+    finished stage that the config asks to train further (a larger max_steps, more epochs) continues from its
+    last checkpoint."""
+    resume = config.resume_from_checkpoint
+    folder = out / f"stage-{k}"
+    final = out if last else folder / "final"
+    start_from: str | None = None
+    if resume and _is_model(final) and (not last or (out / SUMMARY_FILE).is_file()):
+        if not _wants_more(config, stage, before.get(k)):
+            _check_checkpoint(final, trainer_files=False)
+            return True, None
+        latest = _latest_checkpoint(folder)
+        if latest is None:
+            raise TrainConfigError(f"stage {k} finished after {before[k].get('steps')} steps and {folder} holds "
+                                   "no checkpoint-N to continue it from; train into a new output_dir")  # fmt: skip
+        logger.info("stage %d finished after %s steps; continuing it from %s", k, before[k].get("steps"), latest)
+        start_from = str(latest)
+    elif isinstance(resume, str) and (last and k == 1 or Path(resume).resolve().parent == folder.resolve()):
+        start_from = resume
+    elif resume is True and (latest := _latest_checkpoint(folder)) is not None:
+        start_from = str(latest)
+    if start_from:
+        _check_checkpoint(Path(start_from))
+    return False, start_from
 
 
 def train(
@@ -394,17 +608,16 @@ def train(
     if config.deepspeed and importlib.util.find_spec("deepspeed") is None:
         raise TrainConfigError(f"deepspeed: {config.deepspeed} is set but the deepspeed package is not installed "
                                "(pip install deepspeed, on a machine with CUDA GPUs)")  # fmt: skip
-    if out.exists() and any(out.iterdir()) and not resume and not config.overwrite_output_dir:
-        raise TrainConfigError(
-            f"output_dir {out} is not empty; set resume_from_checkpoint: true to continue that run, "
-            "overwrite_output_dir: true to replace it, or choose another output_dir"
-        )
+    _check_output_dir(out, config)
     # Everything that can fail on the data fails here, before the model is loaded or anything is removed.
     base = resolve_checkpoint(config.model_name_or_path)
     tokenizer, feature_extractor = load_processor(base)
     prepared = [_prepare_stage(k, stage, config, tokenizer) for k, stage in enumerate(stages, start=1)]
-    if out.exists() and not resume and config.overwrite_output_dir and _is_main_process():
-        shutil.rmtree(out)
+    _check_nothing_read_inside(out, base, prepared)
+    if out.is_dir() and not resume and config.overwrite_output_dir and _is_main_process():
+        _clear_previous_run(out)
+    before = _previous_stages(out) if resume else {}
+    starts = [_start_point(k, stage, k == len(stages), out, config, before) for k, stage in enumerate(stages, 1)]
     out.mkdir(parents=True, exist_ok=True)
     bf16 = config.bf16 and torch.cuda.is_available()
     if config.bf16 and not bf16:
@@ -414,23 +627,18 @@ def train(
     thinker = _trainable_thinker(str(base), dtype, config.freeze_audio_encoder)
 
     results: list[StageResult] = []
-    for k, (stage, (files, ready)) in enumerate(zip(stages, prepared, strict=True), start=1):
+    for k, (stage, (files, ready), (done, start_from)) in enumerate(zip(stages, prepared, starts, strict=True), 1):
         last = k == len(stages)
         folder = out / f"stage-{k}"
         final = out if last else folder / "final"
-        if resume and _is_model(final) and (not last or (out / SUMMARY_FILE).is_file()):
+        if done:
             logger.info("stage %d already done (%s); loading it", k, final)
             _load_weights(thinker, final)
             continue
-        start_from: str | None = None
-        if isinstance(resume, str) and (len(stages) == 1 or Path(resume).resolve().parent == folder.resolve()):
-            start_from = resume
-        elif resume is True and (latest := _latest_checkpoint(folder)) is not None:
-            start_from = str(latest)
         if start_from:
             logger.info("stage %d: resuming from %s", k, start_from)
         losses: list[float] = []
-        trainer = _trainer_class()(
+        trainer = _trainer_class(f"stage {k}")(
             model=thinker,
             args=_training_args(config, stage, folder, bf16),
             data_collator=Collator(tokenizer, feature_extractor),
@@ -445,14 +653,15 @@ def train(
         t0 = time.perf_counter()
         output = trainer.train(resume_from_checkpoint=start_from)
         seconds = time.perf_counter() - t0
+        _check_finite_weights(thinker, f"stage {k}")
         thinker.config.use_cache = True
         _save_judge(trainer, final, tokenizer, feature_extractor, config.new_aspects)
         thinker.config.use_cache = False
         results.append(StageResult(
             index=k, datasets=[str(f) for f in files], counts=ready.summary(), steps=trainer.state.global_step,
             epochs=float(stage.epochs or 0), learning_rate=float(stage.learning_rate or 0),
-            final_loss=losses[-1] if losses else float(output.training_loss), seconds=round(seconds, 1),
-            folder=str(final),
+            final_loss=_finite(losses[-1] if losses else float(output.training_loss)), seconds=round(seconds, 1),
+            folder=str(final), max_steps=config.max_steps,
         ))  # fmt: skip
         logger.info("stage %d: %d steps in %.0f s, saved %s", k, trainer.state.global_step, seconds, final)
     thinker.eval()
