@@ -101,7 +101,7 @@ def test_a_judge_that_knows_only_position_gives_ties_and_no_ranking(arena, posit
     qfile, systems = arena
     out = tmp_path / "run"
     sagelm("arena", "--questions", qfile, "--systems", systems, "--output", out, "--model", position_judge_dir,
-           "--verdict-only", "--batch-size", 16)  # fmt: skip
+           "--pairs", "baseline", "--baseline", "s40", "--verdict-only", "--batch-size", 16)  # fmt: skip
     board = json.loads((out / "leaderboard.json").read_text())
     rows = board["overall"]
     verdicts = [json.loads(x)["verdict"] for x in (out / "judgments.jsonl").read_text().splitlines()]
@@ -278,3 +278,28 @@ def test_report_renders_in_a_real_browser(tone_judge_dir, tmp_path):
         assert not errors, errors
     finally:
         b.close()
+
+
+def test_the_plan_streams_360k_judgments_without_holding_them():
+    import tracemalloc
+    from itertools import islice
+
+    from sagelm.arena import Answer, ArenaPlan, Question
+
+    questions = [Question(f"q{i}", "Say something.") for i in range(1000)]  # no aspect: the four semantic ones
+    systems = [f"sys{k}" for k in range(10)]
+    answers = {s: {q.id: Answer(f"/x/{s}/{q.id}.wav", 1.0) for q in questions} for s in systems}
+    answers["sys3"]["q7"] = Answer("/x/sys3/q7.wav", problem="missing")
+    plan = ArenaPlan(questions, systems, answers)
+    assert len(plan) == (45 * 1000 - 9) * 4 * 2  # sys3's 9 pairs on q7 are not planned
+    tracemalloc.start()
+    head = list(islice(iter(plan), 10))
+    n = sum(1 for _ in plan)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert n == len(plan) and peak < 5_000_000  # a few KB in flight, not 360k tasks (~100 MB)
+    (t0, m0), (t1, _) = head[0], head[1]
+    assert (m0.question_id, m0.system_1, m0.system_2) == ("q0", "sys0", "sys1")
+    assert (t0.aspect, t0.swapped, t1.swapped) == ("helpfulness", False, True)
+    one = ArenaPlan(questions[:2], systems[:2], answers, both_orders=False)
+    assert [m.system_1 for _, m in one][::4] == ["sys0", "sys1"]  # one order: who goes first alternates
