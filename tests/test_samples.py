@@ -160,3 +160,28 @@ def test_data_files_resolve_paths_and_registered_names(tmp_path):
     assert data_files(["mine", "x.json"], tmp_path) == [tmp_path / "x.json", tmp_path / "x.json"]
     with pytest.raises(ValueError, match="'other': no such file"):
         data_files(["other"], tmp_path)
+
+
+def test_a_corrupt_registry_is_named(tmp_path):
+    from sagelm.data import DataError
+
+    (tmp_path / "dataset_info.json").write_text('{"mine": {"file_name": "x.json"')
+    with pytest.raises(DataError, match=r"dataset_info.json: not valid JSON") as e:
+        data_files(["mine"], tmp_path)
+    assert str(tmp_path / "dataset_info.json") in str(e.value) and "\n" not in str(e.value)
+    (tmp_path / "dataset_info.json").write_text('["mine"]')
+    with pytest.raises(DataError, match="expected a JSON object of dataset entries, got a list"):
+        data_files(["mine"], tmp_path)
+
+
+def test_media_dir_resolves_relative_audio_first(tmp_path):
+    """LLaMA-Factory's media_dir: a relative path names media_dir/path when that exists, else as before."""
+    d = _rows(tmp_path / "data")
+    media = tmp_path / "media"
+    write(media / "a.wav", tone(0.5, 300.0))  # only a.wav is in media_dir; b.wav stays beside the data
+    samples, _ = read_samples([d / "d.json", d / "d.jsonl"], media_dir=media)
+    by_id = {s.id: s for s in samples}
+    assert (by_id["d-0"].audio_1, by_id["d-0"].audio_2) == (str(media / "a.wav"), str(d / "b.wav"))
+    assert by_id["j2"].audio_1 == str(media / "a.wav")
+    without, _ = read_samples([d / "d.json"])
+    assert without[0].audio_1 == str(d / "a.wav")

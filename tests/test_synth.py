@@ -89,3 +89,28 @@ def test_cli_synth_gender(tmp_path):
     assert done.returncode == 0, done.stderr
     assert len(json.loads((tmp_path / "g" / "train.json").read_text())) == 6
     assert len(json.loads((tmp_path / "g" / "heldout.json").read_text())) == 2
+
+
+def test_existing_data_or_a_file_as_out_is_refused(tmp_path):
+    (tmp_path / "train.json").write_text("[] mine")
+    with pytest.raises(synth.SynthError, match=r"train.json exists; choose another folder, or pass --overwrite"):
+        synth.make_gender_set(tmp_path, train_pairs=1, heldout_pairs=1)
+    assert (tmp_path / "train.json").read_text() == "[] mine" and not (tmp_path / "audio").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(synth.SynthError, match="is a file, not a folder"):
+        synth.make_gender_set(tmp_path / "file", train_pairs=1, heldout_pairs=1)
+
+
+def test_cli_synth_refuses_to_overwrite_in_one_line(tmp_path):
+    import os
+    import subprocess
+
+    from conftest import REPO
+
+    exe = REPO / ".venv" / "bin" / "sagelm"
+    (tmp_path / "g").mkdir()
+    (tmp_path / "g" / "heldout.json").write_text("mine")
+    done = subprocess.run([str(exe) if exe.exists() else "sagelm", "synth", "gender", str(tmp_path / "g")],
+                          capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}, timeout=60)  # fmt: skip
+    assert done.returncode == 1 and done.stderr.strip().splitlines()[-1].startswith("sagelm: error: ")
+    assert "heldout.json exists" in done.stderr and (tmp_path / "g" / "heldout.json").read_text() == "mine"

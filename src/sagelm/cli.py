@@ -460,13 +460,15 @@ def export_llamafactory(
     out: Annotated[Path, typer.Option(help="LLaMA-Factory dataset folder to write.")],
     model: Annotated[str, typer.Option(help="model_name_or_path in the YAML.")] = "Qwen/Qwen2.5-Omni-7B",
     output_dir: Annotated[str, typer.Option(help="output_dir in the YAML.")] = "saves/sagelm",
+    allow_outside: Annotated[bool, typer.Option("--allow-outside",
+                                                help="Export audio outside each data file's folder too.")] = False,
 ) -> None:
     """Data, dataset_info.json entries and the authors' training YAML, for LLaMA-Factory."""
 
     def go() -> None:
         from sagelm.llamafactory import export
 
-        names, problems = export(data, out, model, output_dir)
+        names, problems = export(data, out, model, output_dir, allow_outside)
         for p in problems:
             logger.warning("%s", p)
         stderr.print(f"wrote {', '.join(names)} to {out}; train with: llamafactory-cli train {out / 'sagelm_sft.yaml'}",
@@ -485,6 +487,7 @@ def synth_gender(
     train_pairs: Annotated[int, typer.Option(min=1)] = 300,
     heldout_pairs: Annotated[int, typer.Option(min=1)] = 100,
     seed: Annotated[int, typer.Option()] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace train.json/heldout.json in OUT.")] = False,
 ) -> None:
     """A gender-instruction-following set spoken by espeak-ng voices; held-out voices and sentences for testing."""
 
@@ -494,7 +497,8 @@ def synth_gender(
         with _progress() as progress:
             bar = progress.add_task("speaking", total=None)
             train_file, heldout_file = make_gender_set(out, train_pairs, heldout_pairs, seed,
-                                                       on_clip=lambda: progress.advance(bar))  # fmt: skip
+                                                       on_clip=lambda: progress.advance(bar),
+                                                       overwrite=overwrite)  # fmt: skip
         stderr.print(f"wrote {train_file} and {heldout_file}", highlight=False)
 
     _run(go)

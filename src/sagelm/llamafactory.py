@@ -13,8 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sagelm.audio import AudioError, load_audio
+from sagelm.data import DataError
 from sagelm.prompts import instruction_prompt
-from sagelm.samples import read_samples
+from sagelm.samples import read_dataset_info, read_samples
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,14 @@ RECIPE: dict[str, Any] = {
     "resume_from_checkpoint": None,
 }
 
+# Files export writes into `out`: no data file may take these names.
+RESERVED = ("dataset_info", "sagelm_sft")
+
+
+class ExportError(DataError):
+    """Export cannot write where asked (the message names the path)."""
+
+
 COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "audios": "audios"}
 
 
@@ -66,19 +76,41 @@ def dataset_entry(file_name: str) -> dict[str, Any]:
     return {"file_name": file_name, "columns": dict(COLUMNS)}
 
 
-def _rows(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """The trainable rows of a data file (as `sagelm train` reads them), in the SageLM JSON columns."""
+def _clip_problem(audio: str, folder: Path, allow_outside: bool, seen: dict[str, str | None]) -> str | None:
+    """Why a clip cannot be exported (unreadable, NaN, ..., or outside the data folder), or None; each once."""
+    if audio not in seen:
+        resolved = Path(audio).resolve()
+        if not allow_outside and folder != resolved and folder not in resolved.parents:
+            seen[audio] = f"audio {audio} is outside the data folder {folder} (allow it with --allow-outside)"
+        else:
+            try:
+                load_audio(audio)
+                seen[audio] = None
+            except AudioError as e:
+                seen[audio] = str(e)
+    return seen[audio]
+
+
+def _rows(path: Path, allow_outside: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
+    """The trainable rows of a data file (as `sagelm train` reads them), in the SageLM JSON columns. A row whose
+    clip cannot be read as audio (missing, NaN, silent, ...) or lies outside the data file's folder is skipped
+    with a one-line problem, as training would skip it."""
     samples, problems = read_samples([path])
-    rows = [
-        {
+    folder = path.parent.resolve()
+    seen: dict[str, str | None] = {}
+    rows = []
+    for s in samples:
+        bad = next((p for a in (s.audio_1, s.audio_2) if (p := _clip_problem(a, folder, allow_outside, seen))), None)
+        if bad is not None:
+            problems.append(f"{path} row {s.id}: {bad}")
+            continue
+        rows.append({
             "instruction": instruction_prompt(s.aspect, s.question),
             "input": "",
             "output": s.output,
             # Absolute: LLaMA-Factory joins media_dir with the path, which keeps an absolute path as is.
             "audios": [str(Path(s.audio_1).resolve()), str(Path(s.audio_2).resolve())],
-        }
-        for s in samples
-    ]
+        })  # fmt: skip
     return rows, problems
 
 
@@ -95,21 +127,30 @@ def recipe_yaml(datasets: Sequence[str], dataset_dir: str, model: str, output_di
 
 
 def export(
-    data: Sequence[str | Path], out: str | Path, model: str = BASE_MODEL, output_dir: str = "saves/sagelm"
-) -> tuple[list[str], list[str]]:
+    data: Sequence[str | Path], out: str | Path, model: str = BASE_MODEL, output_dir: str = "saves/sagelm",
+    allow_outside: bool = False,
+) -> tuple[list[str], list[str]]:  # fmt: skip
     """Write each data file as `out/NAME.json`, register them in `out/dataset_info.json` (merged with what is
-    there), and write `out/sagelm_sft.yaml`. Returns (dataset names, one-line problems of skipped rows)."""
+    there), and write `out/sagelm_sft.yaml`. Returns (dataset names, one-line problems of skipped rows).
+    No input file is written over: NAME avoids the registry's and the YAML's names and every input's path."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file, not a folder")
+    inputs = [Path(p) for p in data]
+    for p in inputs:
+        if not p.is_file():
+            raise DataError(f"{p}: no such data file")
     info_path = out / "dataset_info.json"
-    info: dict[str, Any] = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
+    info = read_dataset_info(info_path)
+    taken = {p.resolve() for p in inputs}
     names: list[str] = []
     problems: list[str] = []
-    for path in map(Path, data):
-        rows, bad = _rows(path)
+    out.mkdir(parents=True, exist_ok=True)
+    for path in inputs:
+        rows, bad = _rows(path, allow_outside)
         problems += bad
         name = path.stem
-        while name in names:
+        while name in names or name in RESERVED or (out / f"{name}.json").resolve() in taken:
             name += "_"
         (out / f"{name}.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         info[name] = dataset_entry(f"{name}.json")

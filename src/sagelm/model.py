@@ -170,8 +170,15 @@ def merge_into_full(thinker_dir: str | Path, base: str, out: str | Path) -> Path
     from safetensors import safe_open
     from safetensors.torch import save_file
 
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ModelFormatError(f"--out {out} is a file, not a folder")
     thinker_path = resolve_checkpoint(str(thinker_dir))
     base_path = resolve_checkpoint(base)
+    for read, what in ((base_path, "--base"), (thinker_path, "the trained thinker")):
+        if out.resolve() == read.resolve():
+            raise ModelFormatError(f"--out {out} is {what} ({read}); writing there would overwrite the weights "
+                                   "being read: choose another folder")  # fmt: skip
     config_file = base_path / "config.json"
     config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
     if "thinker_config" not in config or "talker_config" not in config:
@@ -181,7 +188,6 @@ def merge_into_full(thinker_dir: str | Path, base: str, out: str | Path) -> Path
     if not trained_files:
         raise ModelFormatError(f"{thinker_path}: no .safetensors weights")
     misfit = f"{thinker_path} does not fit the thinker of {base_path}"
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
     with ExitStack() as stack:

@@ -77,7 +77,8 @@ def swapped(sample: Sample) -> Sample:
 def _in_media_dir(audio: str, data_folder: Path, media_dir: Path) -> str:
     """LLaMA-Factory's `media_dir`: a relative audio path names `media_dir/path` when that file exists, else the
     path as before. `read_pairs` has already joined a relative path to the data file's folder (or the working
-    directory); this takes that folder off again to find the path as written."""
+    directory); this takes that folder off again to find the path as written (so an absolute path inside the
+    data folder is read as relative to it too)."""
     for folder in (data_folder, Path.cwd()):
         prefix = str(folder) + os.sep
         if audio.startswith(prefix) and (media_dir / audio[len(prefix):]).is_file():

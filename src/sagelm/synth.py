@@ -68,7 +68,7 @@ SPEAKER = {"male": "man", "female": "woman"}
 
 
 class SynthError(RuntimeError):
-    """Speech cannot be made (espeak-ng missing or failing)."""
+    """Speech cannot be made (espeak-ng missing or failing), or not where asked."""
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,7 @@ def _split_rows(
 
 def make_gender_set(
     out: str | Path, train_pairs: int = 300, heldout_pairs: int = 100, seed: int = 0, tie_share: float = 0.2,
-    train_both_orders: bool = True, on_clip: Callable[[], None] | None = None,
+    train_both_orders: bool = True, on_clip: Callable[[], None] | None = None, overwrite: bool = False,
 ) -> tuple[Path, Path]:  # fmt: skip
     """Write `train.json` and `heldout.json` (SageLM JSON rows) and their wav files under `out/audio/`.
 
@@ -161,9 +161,14 @@ def make_gender_set(
     rationale that names Response 1 first; the held-out pairs are written once (judge them with --both-orders).
 
     Each (sentence, voice) reading is made once, with a speed and pitch drawn for it, and reused across pairs.
-    Returns the two data files.
+    An existing `train.json` or `heldout.json` in `out` is refused unless `overwrite`. Returns the two data files.
     """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SynthError(f"{out} is a file, not a folder")
+    existing = [out / f"{n}.json" for n in ("train", "heldout") if (out / f"{n}.json").exists()]
+    if existing and not overwrite:
+        raise SynthError(f"{existing[0]} exists; choose another folder, or pass --overwrite to replace it")
     rng = np.random.default_rng(seed)
     made: dict[tuple[str, str], str] = {}
 
