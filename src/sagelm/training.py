@@ -8,7 +8,9 @@ same code on many GPUs. On a CPU it trains in float32.
 
 Layout of `output_dir`: `stage-K/checkpoint-N/` (Trainer checkpoints, each loadable by `sagelm judge`),
 `stage-K/final/` (the model after stage K, when there are several), and the final judge at the top
-(config, weights, tokenizer, feature extractor) with `train_summary.json`.
+(config, weights, tokenizer, feature extractor) with `train_summary.json`. `overwrite_output_dir` means what it
+means in LLaMA-Factory and transformers (write into a non-empty folder): only an earlier run's `stage-K` folders and
+summary are removed, nothing else; an `output_dir` holding the model being trained or its data is refused.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from sagelm.errors import SagelmError
 from sagelm.llamafactory import RECIPE
 
 logger = logging.getLogger(__name__)
@@ -38,7 +41,7 @@ SUMMARY_FILE = "train_summary.json"
 Scheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(SagelmError, ValueError):
     """A training configuration that cannot run; the message names the key and the problem."""
 
 
