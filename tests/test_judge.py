@@ -49,7 +49,7 @@ def test_verdict_only_is_one_decoding_step(tiny_dir, clips):
     judge = Judge.from_pretrained(str(tiny_dir), DecodingOptions(verdict_only=True))
     (r,) = judge.compare("Q?", clips["tone"], clips["noise"], aspects=["honesty"])
     assert r.rationale is None
-    assert len(judge.model.tokenizer.encode(r.raw, add_special_tokens=False)) <= 1
+    assert len(judge.backend.model.tokenizer.encode(r.raw, add_special_tokens=False)) <= 1
 
 
 def test_verdict_only_reads_the_same_first_step_as_generation(tone_judge_dir, clips):

@@ -27,6 +27,7 @@ import numpy as np
 from sagelm.aspects import SEMANTIC_ASPECTS, UnknownAspectError, get_aspect
 from sagelm.data import Pair
 from sagelm.decoding import DecodingOptions
+from sagelm.errors import SagelmError
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ JUDGMENTS = "judgments.jsonl"
 SETTINGS = "arena.json"
 
 
-class ArenaError(ValueError):
+class ArenaError(SagelmError, ValueError):
     """A questions file, systems folder or run folder the arena cannot work with (the message names it)."""
 
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from sagelm.errors import SagelmError
+
 Kind = Literal["semantic", "acoustic", "custom"]
 
 
@@ -46,7 +48,7 @@ _ALIASES = {
 }
 
 
-class UnknownAspectError(ValueError):
+class UnknownAspectError(SagelmError, ValueError):
     pass
 
 

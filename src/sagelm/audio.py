@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from sagelm.errors import SagelmError
+
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000
@@ -30,7 +32,7 @@ AUDIO_CACHE_SIZE = 16  # clips kept decoded: a pair judged on several aspects an
 SILENCE_PEAK = 1e-4  # below this peak amplitude a clip holds nothing to hear
 
 
-class AudioError(ValueError):
+class AudioError(SagelmError, ValueError):
     """A file that cannot be judged; the message names the file and the problem."""
 
 

@@ -17,6 +17,8 @@ import click
 import typer
 from rich.console import Console
 
+from sagelm.errors import SagelmError
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Judge spoken responses with SageLM.")  # fmt: skip
 stdout = Console(soft_wrap=True)
@@ -25,31 +27,13 @@ logger = logging.getLogger("sagelm")
 _state = {"debug": False}
 
 
-class UserError(Exception):
+class UserError(SagelmError):
     """A problem with the user's files, flags or data: reported in one line, exit status 1."""
 
 
-# Error types that are the user's to fix, by module; a module is only looked at once some command imported it, so
-# that commands which need no model never import torch to classify an error.
-_USER_ERRORS = {
-    "sagelm.model": ("ModelUnavailableError", "ModelFormatError"),
-    "sagelm.scoring": ("ScoringError",),
-    "sagelm.training": ("TrainConfigError",),
-    "sagelm.synth": ("SynthError",),
-    "sagelm.arena": ("ArenaError",),
-}
-
-
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from sagelm.aspects import UnknownAspectError
-    from sagelm.audio import AudioError
-    from sagelm.data import DataError
-
-    errors: list[type[BaseException]] = [UserError, UnknownAspectError, AudioError, DataError, FileNotFoundError]
-    for module, names in _USER_ERRORS.items():
-        if module in sys.modules:
-            errors += [getattr(sys.modules[module], n) for n in names]
-    return tuple(errors)
+    """What the user can fix: every sagelm error (one base class, sagelm.errors) and a file that is not there."""
+    return (SagelmError, FileNotFoundError)
 
 
 def _run(fn: Callable[[], Any]) -> Any:

@@ -17,11 +17,12 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from sagelm.aspects import UnknownAspectError, get_aspect
+from sagelm.errors import SagelmError
 from sagelm.prompts import parse_instruction
 from sagelm.verdicts import Verdict, label_of, parse_verdict
 
 
-class DataError(ValueError):
+class DataError(SagelmError, ValueError):
     """A data file that cannot be read at all (the message names it)."""
 
 

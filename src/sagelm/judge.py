@@ -10,12 +10,12 @@ from typing import Any
 
 from sagelm.aspects import SEMANTIC_ASPECTS, get_aspect
 from sagelm.audio import AudioError, ClipCache
+from sagelm.backends import JudgeBackend, RawJudgment, Request, load_backend
 from sagelm.data import Pair
 from sagelm.decoding import DecodingOptions
-from sagelm.encoding import Example, build_inputs
-from sagelm.model import DEFAULT_MODEL, JudgeModel, load_judge_model
+from sagelm.model import DEFAULT_MODEL
 from sagelm.records import Judgment, file_digest, judgment_key, model_fingerprint
-from sagelm.verdicts import VERDICTS, parse_verdict, swap_probabilities, swap_verdict
+from sagelm.verdicts import parse_verdict, split_rationale, swap_probabilities, swap_verdict
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +42,10 @@ def plan(pairs: Iterable[Pair], aspects: Sequence[str] | None = None, both_order
 class TaskKeys:
     """The resume key of a task (records.judgment_key), with each audio file hashed once."""
 
-    def __init__(self, model_name: str, options: DecodingOptions):
+    def __init__(self, model_name: str, options: DecodingOptions, backend: str = "hf"):
         self.model_name = model_fingerprint(model_name)
         self.decoding = options.as_dict()
+        self.backend = backend
         self._digests: dict[str, str] = {}
 
     def _digest(self, path: str) -> str:
@@ -56,12 +57,12 @@ class TaskKeys:
         p = task.pair
         return judgment_key(
             (self._digest(p.audio_1), self._digest(p.audio_2)), p.question, task.aspect, task.swapped,
-            self.model_name, self.decoding, p.id,
+            self.model_name, self.decoding, p.id, self.backend,
         )  # fmt: skip
 
 
 class Judge:
-    """A loaded judge model plus decoding options.
+    """A judging engine (a backend) plus decoding options; what is engine-independent lives here.
 
     >>> judge = Judge.from_pretrained("path/to/checkpoint")            # doctest: +SKIP
     >>> [j.verdict for j in judge.compare("Name a fruit.", "a.wav", "b.wav", aspects=["helpfulness"])]
@@ -69,11 +70,11 @@ class Judge:
     """
 
     def __init__(
-        self, model: JudgeModel, options: DecodingOptions = DecodingOptions(), keys: TaskKeys | None = None
+        self, backend: JudgeBackend, options: DecodingOptions = DecodingOptions(), keys: TaskKeys | None = None
     ):
-        self.model = model
+        self.backend = backend
         self.options = options
-        self.keys = keys or TaskKeys(model.name, options)
+        self.keys = keys or TaskKeys(backend.model_name, options, backend.name)
         self._clips = ClipCache()
 
     @classmethod
@@ -83,8 +84,18 @@ class Judge:
         options: DecodingOptions = DecodingOptions(),
         device: str | None = None,
         keys: TaskKeys | None = None,
+        backend: str = "hf",
+        **settings: Any,
     ) -> Judge:
-        return cls(load_judge_model(model, device=device), options, keys)
+        """Load `model` on the engine `backend` ("hf", "vllm", ...); `settings` are the engine's own."""
+        return cls(load_backend(backend, model, device=device, options=options, **settings), options, keys)
+
+    @property
+    def model_name(self) -> str:
+        return self.backend.model_name
+
+    def close(self) -> None:
+        self.backend.close()
 
     # -- judging ------------------------------------------------------------------------------------------
     def compare(
@@ -103,125 +114,72 @@ class Judge:
         return [j for batch in self.judge(tasks, batch_size) for j in batch]
 
     def judge(self, tasks: Iterable[Task], batch_size: int = 1) -> Iterator[list[Judgment]]:
-        """Judge `tasks` `batch_size` prompts per forward pass; yields each batch's records in task order.
+        """Judge `tasks` `batch_size` prompts at a time; yields each batch's records in task order.
         A task whose audio cannot be read gets a record with `error` set; the others go on."""
-        import torch
-
-        if self.options.seed is not None:
-            torch.manual_seed(self.options.seed)
-        chunk: list[Task] = []
-        for task in tasks:
-            chunk.append(task)
-            if len(chunk) == batch_size:
-                yield self._judge_chunk(chunk)
-                chunk = []
-        if chunk:
-            yield self._judge_chunk(chunk)
+        for chunk in batched(tasks, batch_size):
+            yield self.judge_chunk(chunk)
 
     def _record(self, task: Task, **fields: Any) -> Judgment:
         p = task.pair
         return Judgment(
             id=p.id, aspect=task.aspect, swapped=task.swapped, label=p.label, question=p.question,
-            audio_1=p.audio_1, audio_2=p.audio_2, model=self.model.name, key=self.keys(task), **fields,
+            audio_1=p.audio_1, audio_2=p.audio_2, model=self.model_name, backend=self.backend.name,
+            key=self.keys(task), **fields,
         )  # fmt: skip
 
-    def _judge_chunk(self, tasks: list[Task]) -> list[Judgment]:
+    def request(self, task: Task) -> Request:
+        """The prompt of `task` with its clips decoded (AudioError for one that cannot be judged)."""
+        a1, a2 = self._clips.get(task.pair.audio_1), self._clips.get(task.pair.audio_2)
+        if task.swapped:
+            a1, a2 = a2, a1
+        return Request(task.aspect, task.pair.question, a1, a2, seed=self.options.seed)
+
+    def record(self, task: Task, raw: RawJudgment, warning: str | None = None) -> Judgment:
+        """The record of `task` from what the engine made of it: verdict parsed, rationale split, and a swapped
+        task's verdict and probabilities mapped back to the original numbering."""
+        verdict = raw.first_verdict if self.options.verdict_only else parse_verdict(raw.text)
+        rationale = None if self.options.verdict_only else split_rationale(raw.text)
+        probs = raw.probabilities
+        if task.swapped:
+            verdict, probs = swap_verdict(verdict), (swap_probabilities(probs) if probs is not None else None)
+        return self._record(
+            task, verdict=verdict, probabilities=probs, rationale=rationale, raw=raw.text,
+            new_tokens=raw.new_tokens, warning=warning,
+        )  # fmt: skip
+
+    def judge_chunk(self, tasks: Sequence[Task]) -> list[Judgment]:
+        """One engine call for `tasks`; tasks that cannot be prompted get error records instead."""
         records: dict[int, Judgment] = {}
-        ready: list[tuple[int, Example]] = []
+        ready: list[tuple[int, Request]] = []
         for i, t in enumerate(tasks):
             try:
-                a1, a2 = self._clips.get(t.pair.audio_1), self._clips.get(t.pair.audio_2)
-            except AudioError as e:
+                ready.append((i, self.request(t)))
+            except (AudioError, ValueError) as e:
                 records[i] = self._record(t, error=str(e))
-                continue
-            if t.swapped:
-                a1, a2 = a2, a1
-            ready.append((i, Example(t.aspect, t.pair.question, a1, a2)))
         if ready:
-            outputs = self._generate([ex for _, ex in ready])
-            for (i, _), (verdict, probs, rationale, raw, n_new) in zip(ready, outputs, strict=True):
-                t = tasks[i]
-                if t.swapped:
-                    verdict, probs = swap_verdict(verdict), swap_probabilities(probs)
-                records[i] = self._record(
-                    t, verdict=verdict, probabilities=probs, rationale=rationale, raw=raw, new_tokens=n_new
-                )
+            outputs = self.backend.judge([r for _, r in ready], self.options)
+            for (i, req), raw in zip(ready, outputs, strict=True):
+                records[i] = self.record(tasks[i], raw, _warning(req))
         return [records[i] for i in range(len(tasks))]
 
-    def _generate(self, examples: list[Example]) -> list[tuple[str | None, dict[str, float], str | None, str, int]]:
-        import torch
 
-        m, o = self.model, self.options
-        inputs = build_inputs(m.tokenizer, m.feature_extractor, examples)
-        inputs = {k: v.to(m.device) for k, v in inputs.items()}
-        inputs["input_features"] = inputs["input_features"].to(m.thinker.dtype)
-        with torch.inference_mode():
-            if o.verdict_only:
-                first = self._first_step_logits(inputs)
-                new = [[t] for t in self._pick(first).tolist()]
-            else:
-                out = m.thinker.generate(**inputs, generation_config=self._generation_config())
-                first = out.logits[0].float()  # raw logits of the first step, before any sampling warper
-                new = out.sequences[:, inputs["input_ids"].shape[1] :].tolist()
-        ids = [m.verdict_token_ids[v] for v in VERDICTS]
-        probs = torch.softmax(first[:, ids], dim=-1).tolist()
-        by_first_id = {tid: v for v, tid in m.verdict_token_ids.items()}
-        results = []
-        for row, p in zip(new, probs, strict=True):
-            n_new = len(row)
-            if m.im_end_id in row:
-                row = row[: row.index(m.im_end_id)]
-                n_new = len(row) + 1
-            row = [t for t in row if t != m.tokenizer.pad_token_id]
-            raw = m.tokenizer.decode(row, skip_special_tokens=True)
-            if o.verdict_only:
-                verdict, rationale = (by_first_id.get(row[0]) if row else None), None
-            else:
-                verdict = parse_verdict(raw)
-                rationale = raw.split("\n", 1)[1].strip() if "\n" in raw else None
-            results.append((verdict, dict(zip(VERDICTS, p, strict=True)), rationale, raw, n_new))
-        return results
+def _warning(request: Request) -> str | None:
+    """What the log should know about what the judge heard (a silent response, a cut one), per response."""
+    notes = []
+    for n, clip in enumerate((request.audio_1, request.audio_2), start=1):
+        w = getattr(clip, "warning", None)
+        if w:
+            notes.append(f"audio {n}: {w}")
+    return "; ".join(notes) or None
 
-    def _generation_config(self) -> Any:
-        from transformers import GenerationConfig
 
-        m, o = self.model, self.options
-        return GenerationConfig(
-            max_new_tokens=o.max_new_tokens,
-            do_sample=o.do_sample,
-            temperature=o.temperature if o.do_sample else None,
-            top_p=o.top_p if o.do_sample else None,
-            top_k=o.top_k if o.do_sample else None,
-            repetition_penalty=o.repetition_penalty,
-            eos_token_id=m.im_end_id,
-            pad_token_id=m.tokenizer.pad_token_id,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
-
-    def _first_step_logits(self, inputs: dict[str, Any]) -> Any:
-        """Logits of the first generated token from one forward pass, with the LM head on the last
-        position only (the full-sequence logits of a 7B model with a 152k vocabulary would take GBs)."""
-        thinker = self.model.thinker
-        hidden = thinker.model(**inputs, use_cache=False).last_hidden_state[:, -1, :]
-        return thinker.lm_head(hidden).float()
-
-    def _pick(self, logits: Any) -> Any:
-        """The first token as `generate` would pick it: argmax, or a sample after temperature/top-k/top-p."""
-        import torch
-
-        o = self.options
-        if not o.do_sample:
-            return logits.argmax(dim=-1)
-        from transformers.generation.logits_process import (
-            LogitsProcessorList,
-            TemperatureLogitsWarper,
-            TopKLogitsWarper,
-            TopPLogitsWarper,
-        )
-
-        warpers = LogitsProcessorList(
-            [TemperatureLogitsWarper(o.temperature), TopKLogitsWarper(o.top_k), TopPLogitsWarper(o.top_p)]
-        )
-        scores = warpers(None, logits)
-        return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """`items` in lists of `size` (the last one shorter): the one batching helper of judge, arena and serve."""
+    chunk: list[Any] = []
+    for it in items:
+        chunk.append(it)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from sagelm.aspects import load_aspects
+from sagelm.errors import SagelmError
 from sagelm.prompts import AUDIO_BOS, AUDIO_EOS, AUDIO_TOKEN, IM_END
 from sagelm.verdicts import VERDICTS
 
@@ -27,11 +28,11 @@ DEFAULT_MODEL = "LGB666/SageLM"  # the released SageLM weights (full Qwen2.5-Omn
 HUB_PROBE_SECONDS = 3.0
 
 
-class ModelUnavailableError(RuntimeError):
+class ModelUnavailableError(SagelmError, RuntimeError):
     """The model can be neither found locally nor fetched."""
 
 
-class ModelFormatError(RuntimeError):
+class ModelFormatError(SagelmError, RuntimeError):
     """A folder that is not a usable Qwen2.5-Omni checkpoint."""
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from sagelm.jsonout import dumps
 from sagelm.verdicts import Verdict
 
 logger = logging.getLogger(__name__)
@@ -37,10 +38,12 @@ class Judgment(BaseModel):
     audio_2: str | None = None
     model: str | None = None
     new_tokens: int | None = None  # tokens the judge generated (the verdict, the rationale, <|im_end|>)
+    backend: str | None = None  # the engine that judged: "hf", "vllm", ...
+    warning: str | None = None  # what the judge heard that a reader should know (e.g. a silent response)
     key: str | None = None
 
     def to_json(self) -> str:
-        return json.dumps(self.model_dump(), ensure_ascii=False)
+        return dumps(self.model_dump(), ensure_ascii=False)
 
 
 def file_digest(path: str, chunk: int = 1 << 20) -> str:
@@ -80,6 +83,7 @@ def judgment_key(
     model: str,
     decoding: dict,
     row_id: str = "",
+    backend: str = "hf",
 ) -> str:
     """What makes a judgment the same judgment: the audio content, the question, the aspect, the order,
     the model and the decoding settings (and the row id, so that two rows with the same content both count)."""
@@ -88,6 +92,8 @@ def judgment_key(
          "decoding": decoding, "id": row_id},
         sort_keys=True,
     )  # fmt: skip
+    if backend != "hf":  # another engine's judgment is its own (hf keys stay as they were before engines)
+        payload += "\0" + backend
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 

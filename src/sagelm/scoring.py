@@ -31,6 +31,7 @@ from typing_extensions import TypedDict
 
 from sagelm import metrics as M
 from sagelm.aspects import ASPECTS
+from sagelm.errors import SagelmError
 from sagelm.official import OfficialScriptError, RefRow
 from sagelm.prompts import find_aspect
 from sagelm.verdicts import label_of, parse_verdict
@@ -39,7 +40,7 @@ N_BOOT = 1000
 logger = logging.getLogger(__name__)
 
 
-class ScoringError(ValueError):
+class ScoringError(SagelmError, ValueError):
     """Files that cannot be scored; the message names the file/row and the problem."""
 
 

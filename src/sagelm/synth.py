@@ -23,6 +23,7 @@ from typing import Literal
 
 import numpy as np
 
+from sagelm.errors import SagelmError
 from sagelm.prompts import instruction_prompt
 from sagelm.verdicts import Verdict
 
@@ -67,7 +68,7 @@ QUESTION_TEMPLATES = (
 SPEAKER = {"male": "man", "female": "woman"}
 
 
-class SynthError(RuntimeError):
+class SynthError(SagelmError, RuntimeError):
     """Speech cannot be made (espeak-ng missing or failing), or not where asked."""
 
 

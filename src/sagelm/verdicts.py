@@ -47,6 +47,19 @@ def parse_verdict(text: str | None) -> Verdict | None:
     return "Tie" if v.lower() == "tie" else v  # type: ignore[return-value]
 
 
+def split_rationale(text: str | None) -> str | None:
+    """The rationale under the verdict line, or None when the text has no second line.
+
+    >>> split_rationale("2\\nResponse 2 is more helpful.\\n")
+    'Response 2 is more helpful.'
+    >>> split_rationale("1") is None
+    True
+    """
+    if not text or "\n" not in text:
+        return None
+    return text.split("\n", 1)[1].strip()
+
+
 def swap_verdict(verdict: Verdict | None) -> Verdict | None:
     """The verdict in the other numbering: a judgment of (B, A) said about (A, B)."""
     return {"1": "2", "2": "1"}.get(verdict, verdict) if verdict else None  # type: ignore[return-value]

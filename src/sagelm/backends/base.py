@@ -1,0 +1,47 @@
+"""The one seam every judging engine plugs into: Requests in, RawJudgments out.
+
+A backend only turns prompts (an aspect, a question and two clips, already in the order they are presented)
+into generated text and first-step verdict probabilities. Everything engine-independent stays in
+`sagelm.judge.Judge`: planning, loading audio through our own front end, resume keys, order swapping and
+mapping back, verdict parsing, rationale splitting and records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from sagelm.audio import Clip
+from sagelm.decoding import DecodingOptions
+
+
+@dataclass(frozen=True)
+class Request:
+    """One prompt: what the judge hears, Response 1 first."""
+
+    aspect: str
+    question: str
+    audio_1: Clip
+    audio_2: Clip
+    seed: int | None = None  # per-request sampling seed (sampled presets)
+
+
+@dataclass(frozen=True)
+class RawJudgment:
+    """What an engine made of one Request, before any parsing."""
+
+    text: str  # the generated text up to (not including) <|im_end|>, special tokens skipped
+    first_verdict: str | None  # "1"/"2"/"Tie" when the first generated token is that verdict's first token
+    probabilities: dict[str, float] | None  # over the verdict first tokens at step 1; None if the engine cannot say
+    new_tokens: int  # tokens generated, <|im_end|> included
+
+
+@runtime_checkable
+class JudgeBackend(Protocol):
+    name: str  # "hf", "vllm", ...: each record's "backend"
+    model_name: str
+
+    def judge(self, requests: Sequence[Request], options: DecodingOptions) -> list[RawJudgment]: ...
+
+    def close(self) -> None: ...
