@@ -142,9 +142,12 @@ class Judge:
         probs = raw.probabilities
         if task.swapped:
             verdict, probs = swap_verdict(verdict), (swap_probabilities(probs) if probs is not None else None)
+        extra = _extra_fields(raw, task.swapped)
+        if raw.error is not None:
+            return self._record(task, error=raw.error, warning=warning, **extra)
         return self._record(
             task, verdict=verdict, probabilities=probs, rationale=rationale, raw=raw.text,
-            new_tokens=raw.new_tokens, warning=warning,
+            new_tokens=raw.new_tokens, warning=warning, **extra,
         )  # fmt: skip
 
     def judge_chunk(self, tasks: Sequence[Task]) -> list[Judgment]:
@@ -161,6 +164,16 @@ class Judge:
             for (i, req), raw in zip(ready, outputs, strict=True):
                 records[i] = self.record(tasks[i], raw, _warning(req))
         return [records[i] for i in range(len(tasks))]
+
+
+def _extra_fields(raw: RawJudgment, swapped: bool) -> dict[str, Any]:
+    """A backend's optional record fields (the cascade's transcripts and token usage), in the record's order."""
+    extra: dict[str, Any] = {}
+    if raw.transcripts is not None:
+        extra["transcripts"] = list(raw.transcripts[::-1] if swapped else raw.transcripts)
+    if raw.usage is not None:
+        extra["usage"] = dict(raw.usage)
+    return extra
 
 
 def _warning(request: Request) -> str | None:

@@ -31,6 +31,7 @@ class BackendEntry:
 BACKENDS: dict[str, BackendEntry] = {
     "hf": BackendEntry("sagelm.backends.hf", "HFBackend", "model", ("torch", "transformers")),
     "vllm": BackendEntry("sagelm.backends.vllm", "VLLMBackend", "vllm", ("vllm",)),
+    "cascade": BackendEntry("sagelm.backends.cascade", "CascadeBackend", "cascade", ("faster_whisper", "httpx")),
 }
 
 

@@ -35,6 +35,11 @@ class RawJudgment:
     first_verdict: str | None  # "1"/"2"/"Tie" when the first generated token is that verdict's first token
     probabilities: dict[str, float] | None  # over the verdict first tokens at step 1; None if the engine cannot say
     new_tokens: int  # tokens generated, <|im_end|> included
+    # Optional, for engines that have them (the cascade): what the judge read, what the call cost, and a failure
+    # of this one judgment (the record gets `error`, the run goes on).
+    transcripts: tuple[str, str] | None = None  # Response 1's and Response 2's, in the order presented
+    usage: dict[str, int] | None = None  # the API's token counts (prompt_tokens, completion_tokens, ...)
+    error: str | None = None
 
 
 @runtime_checkable
