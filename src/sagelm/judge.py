@@ -70,12 +70,16 @@ class Judge:
     """
 
     def __init__(
-        self, backend: JudgeBackend, options: DecodingOptions = DecodingOptions(), keys: TaskKeys | None = None
+        self,
+        backend: JudgeBackend,
+        options: DecodingOptions = DecodingOptions(),
+        keys: TaskKeys | None = None,
+        clips: ClipCache | None = None,
     ):
         self.backend = backend
         self.options = options
         self.keys = keys or TaskKeys(backend.model_name, options, backend.name)
-        self._clips = ClipCache()
+        self._clips = clips if clips is not None else ClipCache()  # anything with get(path) -> Clip (serve's)
 
     @classmethod
     def from_pretrained(
