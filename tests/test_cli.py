@@ -167,3 +167,59 @@ def test_rerun_after_retraining_into_the_same_folder_judges_again(clips, tmp_pat
     build_tiny_judge(model, "thinker", TinySpec(seed=2))  # "retrained": same folder, new weights
     done = run(*args)
     assert out.read_text().count("\n") == 4, done.stderr  # judged again, the old records kept
+
+
+# -- --output, --device and other messages (issue 9: 2, 4, 9, 15, 20, 21) --------------------------------------
+def test_output_that_is_the_data_a_pipe_or_another_runs_file_is_refused(tiny_dir, clips, tmp_path):
+    data = _dataset(tmp_path, clips, 30)
+    before = data.read_bytes()
+    p = run("judge", "--data", data, "--output", data, "--model", tiny_dir, check=False)
+    assert p.returncode == 1 and p.stderr.count("\n") == 1 and "is the --data file" in p.stderr
+    assert data.read_bytes() == before
+    piped = subprocess.run(f"{SAGELM} judge --data {data} --output /dev/stdout --model {tiny_dir} | cat",
+                           shell=True, capture_output=True, text=True, env=ENV, timeout=120)  # fmt: skip
+    assert piped.returncode == 0 and "not a regular file" in piped.stderr and piped.stderr.count("\n") == 1
+    out = tmp_path / "out.jsonl"
+    args = [SAGELM, "judge", "--data", str(data), "--output", str(out), "--model", str(tiny_dir),
+            "--max-new-tokens", "40"]  # fmt: skip
+    first = subprocess.Popen(args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not out.exists():
+            time.sleep(0.05)
+        second = run(*args[1:], check=False)
+        assert second.returncode == 1 and "being written by another sagelm run" in second.stderr
+    finally:
+        first.wait(timeout=300)
+    records = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(records) == len({r["key"] for r in records}) == 30  # every judgment once
+
+
+def test_pair_output_is_written_and_another_judge_is_announced(tone_judge_dir, tiny_dir, clips, tmp_path):
+    out = tmp_path / "pair.jsonl"
+    pair = ("judge", "--instruction", TONE_QUESTION, clips["noise"], clips["tone"], "--aspect", "helpfulness",
+            "--verdict-only", "--output", out)  # fmt: skip
+    run(*pair, "--model", tone_judge_dir)
+    assert [json.loads(x)["verdict"] for x in out.read_text().splitlines()] == ["2"]
+    p = run(*pair, "--model", tiny_dir)
+    assert "already holds records of" in p.stderr and str(tone_judge_dir) in p.stderr
+    assert len(out.read_text().splitlines()) == 2
+
+
+def test_device_bin_weights_prompt_arity_and_debug_anywhere(tiny_dir, clips, tmp_path):
+    pair = ("judge", "--instruction", "Q", clips["noise"], clips["tone"], "--verdict-only")
+    p = run(*pair, "--model", tiny_dir, "--device", "cuda:3", check=False)
+    assert p.returncode == 1 and p.stderr.count("\n") == 1 and "--device cuda:3" in p.stderr
+    p = run(*pair, "--model", tiny_dir, "--device", "cpu")
+    assert "Traceback" not in p.stderr
+    pickled = tmp_path / "bin-only"
+    shutil.copytree(tiny_dir, pickled)
+    for f in pickled.glob("*.safetensors"):
+        f.rename(f.with_name("pytorch_model.bin"))
+    p = run(*pair, "--model", pickled, check=False)
+    assert p.returncode == 1 and p.stderr.count("\n") == 1 and "no .safetensors weights" in p.stderr
+    for files in ([clips["tone"]], [clips["tone"], clips["noise"], clips["tone"]]):
+        p = run("prompt", "--aspect", "honesty", "--instruction", "Q", *files, check=False)
+        assert p.returncode == 2 and "two audio files or none" in p.stderr
+    p = run("prompt", "--aspect", "kindness", "--instruction", "x", "--debug", check=False)
+    assert p.returncode != 0 and "Traceback" in p.stderr

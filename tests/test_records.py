@@ -38,3 +38,102 @@ def test_key_depends_on_every_ingredient():
     ]
     assert k == judgment_key(*base)
     assert len({judgment_key(*v) for v in variants} | {k}) == 7
+
+
+# -- what --output may be (issue 9: 2, 4, 9, 15) ----------------------------------------------------------------
+import fcntl  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+from sagelm.records import JudgmentLogError  # noqa: E402
+
+
+def _record(key: str, model: str = "m", backend: str = "hf") -> str:
+    return Judgment(id=key, aspect="honesty", verdict="1", key=key, model=model, backend=backend).to_json() + "\n"
+
+
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        (b'[{"instruction": "Q", "output": "1"}]\n', "line 1 is not a sagelm judgment record"),
+        (b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\x01\x00\x80\xbb\x00\x00\xff\xfe\n\x00", "not UTF-8"),
+        (b"my notes\nsecond line without a final newline", "line 1 is not JSON"),
+        (b"a text file without a final newline", "holds no judgment records"),
+        (b'{"id": "p1", "instruction": "Q", "audio_1": "a.wav", "audio_2": "b.wav"}\n', "not a sagelm judgment"),
+    ],
+)
+def test_a_file_that_is_not_sagelm_records_is_refused_and_left_as_it_was(tmp_path, content, why):
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(JudgmentLogError) as e:
+        JudgmentLog(path)
+    assert why in str(e.value) and str(path) in str(e.value)
+    assert path.read_bytes() == content
+
+
+def test_our_own_torn_first_record_is_cut(tmp_path):
+    path = tmp_path / "out.jsonl"
+    path.write_text(_record("k1")[:30])
+    with JudgmentLog(path) as log:
+        assert log.done == set()
+    assert path.read_text() == ""
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_file(tmp_path):
+    path = tmp_path / "out.jsonl"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from sagelm.records import JudgmentLog\n"
+         f"log = JudgmentLog({str(path)!r}); print('locked', flush=True); time.sleep(30)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(JudgmentLogError, match="being written by another sagelm run"):
+            JudgmentLog(path)
+    finally:
+        holder.kill()
+        holder.wait()
+    with JudgmentLog(path) as log:  # free again once the first is gone
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+        log.write([Judgment(id="a", aspect="honesty", key="k1")])
+
+
+def test_resume_collapses_judgments_written_twice(tmp_path):
+    path = tmp_path / "out.jsonl"
+    path.write_text(_record("k1") + _record("k2") + _record("k1") + _record("k2") + _record("k3"))
+    with JudgmentLog(path) as log:
+        assert log.done == {"k1", "k2", "k3"}
+        log.write([Judgment(id="k4", aspect="honesty", key="k4")])
+    assert [json.loads(x)["key"] for x in path.read_text().splitlines()] == ["k1", "k2", "k3", "k4"]
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_folder_a_pipe_or_an_unwritable_place_is_one_error(tmp_path):
+    with pytest.raises(JudgmentLogError, match="is a folder"):
+        JudgmentLog(tmp_path)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(JudgmentLogError, match="not a regular file"):
+        JudgmentLog(fifo)  # a pipe: opening it would wait for a reader forever
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(JudgmentLogError, match="cannot write there"):
+        JudgmentLog(tmp_path / "file" / "out.jsonl")
+
+
+def test_another_judges_records_are_announced(tmp_path, caplog):
+    path = tmp_path / "out.jsonl"
+    path.write_text(_record("k1", model="judge-a"))
+    with JudgmentLog(path) as log:
+        log.warn_if_mixed("judge-a", "hf")
+        assert "already holds" not in caplog.text
+        log.warn_if_mixed("judge-b", "hf")
+        log.warn_if_mixed("judge-a", "vllm")
+    assert caplog.text.count("already holds records of judge-a (hf)") == 2

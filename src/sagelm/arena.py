@@ -64,6 +64,7 @@ class ArenaConfig:
     options: DecodingOptions = field(default_factory=DecodingOptions)
     n_boot: int = 1000
     seed: int = 0
+    settings: dict[str, Any] = field(default_factory=dict)  # the engine's own (device, max_num_seqs, ...)
 
 
 # -- input -----------------------------------------------------------------------------------------------------
@@ -294,7 +295,7 @@ def judge_plan(plan: ArenaPlan, path: Path, config: ArenaConfig, progress: Calla
     if not left:
         log.close()
         return 0
-    judge = Judge.from_pretrained(config.model, config.options, keys=keys, backend=config.backend)
+    judge = Judge.from_pretrained(config.model, config.options, keys=keys, backend=config.backend, **config.settings)
     metas: deque[Meta] = deque()
 
     def tasks() -> Iterator[Any]:  # pass 2: stream the tasks left, their systems queued beside them

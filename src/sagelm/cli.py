@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,6 +26,7 @@ stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True, soft_wrap=True)
 logger = logging.getLogger("sagelm")
 _state = {"debug": False}
+_PRESET_HELP = "Decoding: greedy, paper (the authors' sampling) or authors (their run, one sequence at a time)."
 
 
 class UserError(SagelmError):
@@ -39,7 +41,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def _run(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
-    except (typer.Exit, click.ClickException):
+    except (typer.Exit, typer.Abort, typer.TyperException, click.ClickException):  # usage errors: exit 2
         raise
     except Exception as e:
         if _state["debug"]:
@@ -85,13 +87,14 @@ def prompt(
 ) -> None:
     """Print exactly the text the judge model receives (no newline added)."""
 
+    files = audio or []
+    if len(files) not in (0, 2):
+        raise typer.BadParameter("give two audio files or none", param_hint="AUDIO_1 AUDIO_2")
+
     def go() -> None:
         from sagelm.audio import load_audio
         from sagelm.prompts import judge_text
 
-        files = audio or []
-        if len(files) not in (0, 2):
-            raise typer.BadParameter("give two audio files or none", param_hint="AUDIO_1 AUDIO_2")
         counts = [load_audio(f).n_tokens for f in files] if files else None
         sys.stdout.write(judge_text(aspect, instruction, counts))
         sys.stdout.flush()
@@ -147,37 +150,109 @@ def _verdict_table(records, title: str, human: Callable[[Any], str] | None = Non
     return table
 
 
+# The engine flags of every command that judges (judge, arena, serve).
+BackendOpt = Annotated[str, typer.Option(help="Engine: hf (transformers) or vllm.")]
+DeviceOpt = Annotated[str | None, typer.Option(
+    help="hf: where the model goes (cpu, cuda, cuda:1), or auto to spread it over all GPUs.")]
+MaxNumSeqsOpt = Annotated[int | None, typer.Option(min=1, help="vllm: sequences in flight at once.")]
+GpuMemoryOpt = Annotated[float | None, typer.Option(min=0.01, max=1.0, help="vllm: fraction of GPU memory to use.")]
+TensorParallelOpt = Annotated[int | None, typer.Option(min=1, help="vllm: GPUs per model.")]
+# The cascade's flags (speech recognition, then a text judge over an OpenAI-compatible API).
+AsrOpt = Annotated[str | None, typer.Option(
+    help="cascade/transcribe: faster-whisper model (name, hub id or folder); default: the embedded Whisper base.")]
+TextJudgeOpt = Annotated[str | None, typer.Option(help="cascade: base URL of an OpenAI-compatible chat server.")]
+TextModelOpt = Annotated[str | None, typer.Option(help="cascade: the text judge's model name.")]
+ApiKeyEnvOpt = Annotated[str | None, typer.Option(help="cascade: environment variable holding the API key.")]
+TextPromptOpt = Annotated[Path | None, typer.Option(
+    help="cascade: prompt template with {aspect} {question} {response_1} {response_2}.")]
+ConcurrencyOpt = Annotated[int | None, typer.Option(min=1, help="cascade: API calls in flight at once (4).")]
+
+
 @app.command()
 def judge(
     audio: Annotated[list[Path] | None, typer.Argument(help="AUDIO_1 AUDIO_2 (one pair).")] = None,
     instruction: Annotated[str | None, typer.Option(help="The question (one pair).")] = None,
     data: Annotated[Path | None, typer.Option(help="A data file: SageLM JSON list or JSONL rows.")] = None,
-    output: Annotated[Path | None, typer.Option(help="OUT.jsonl (dataset mode); reruns resume it.")] = None,
+    output: Annotated[Path | None, typer.Option(
+        help="OUT.jsonl: a dataset's records (reruns resume it); one pair's records are appended to it.")] = None,
     aspect: Annotated[list[str] | None, typer.Option(help="Aspect(s) to judge; may repeat.")] = None,
     model: Annotated[str | None, typer.Option(help="Hub id or local checkpoint folder.")] = None,
     both_orders: Annotated[bool, typer.Option("--both-orders", help="Judge each pair in both orders.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON record per line (one pair).")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Prompts per forward pass.")] = 1,
     verdict_only: Annotated[bool, typer.Option("--verdict-only", help="Stop after the verdict.")] = False,
-    preset: Annotated[str, typer.Option(help="Decoding preset: greedy or paper.")] = "greedy",
+    preset: Annotated[str, typer.Option(help=_PRESET_HELP)] = "greedy",
     seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(min=1, help="Cap on generated tokens.")] = None,
+    backend: BackendOpt = "hf",
+    device: DeviceOpt = None,
+    max_num_seqs: MaxNumSeqsOpt = None,
+    gpu_memory_utilization: GpuMemoryOpt = None,
+    tensor_parallel_size: TensorParallelOpt = None,
+    asr: AsrOpt = None,
+    text_judge: TextJudgeOpt = None,
+    text_model: TextModelOpt = None,
+    api_key_env: ApiKeyEnvOpt = None,
+    text_prompt: TextPromptOpt = None,
+    concurrency: ConcurrencyOpt = None,
 ) -> None:
     """Judge one pair (AUDIO_1 AUDIO_2 --instruction) or a dataset (--data --output)."""
     from sagelm.model import DEFAULT_MODEL
 
     options = _decoding(preset, seed, verdict_only, max_new_tokens)
+    engine = _Engine(backend, _engine_settings(preset, device=device, max_num_seqs=max_num_seqs,
+                                               gpu_memory_utilization=gpu_memory_utilization,
+                                               tensor_parallel_size=tensor_parallel_size))  # fmt: skip
     model_id = model or DEFAULT_MODEL
+    if backend == "cascade":
+        model_id, batch_size = _cascade(engine, model, asr, text_judge, text_model, api_key_env, text_prompt,
+                                        concurrency, batch_size)  # fmt: skip
     if data is not None:
         if audio or instruction is not None:
             raise typer.BadParameter("--data judges a file: give no AUDIO files or --instruction")
         if output is None:
             raise typer.BadParameter("--data needs --output OUT.jsonl", param_hint="--output")
-        _run(lambda: _judge_dataset(data, output, aspect, model_id, options, both_orders, batch_size))
+        _run(lambda: _judge_dataset(data, output, aspect, model_id, options, both_orders, batch_size, engine))
         return
     if not audio or len(audio) != 2 or instruction is None:
         raise typer.BadParameter("give AUDIO_1 AUDIO_2 and --instruction, or --data FILE --output OUT.jsonl")
-    _run(lambda: _judge_pair(audio, instruction, aspect, model_id, options, both_orders, batch_size, json_out))
+    _run(lambda: _judge_pair(audio, instruction, aspect, model_id, options, both_orders, batch_size, json_out,
+                             engine, output))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Engine:
+    """The engine a command judges on: its name and its own settings (device, max_num_seqs, ...)."""
+
+    name: str = "hf"
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def load(self, model_id: str, options: Any, keys: Any = None) -> Any:
+        from sagelm.judge import Judge
+
+        return Judge.from_pretrained(model_id, options, keys=keys, backend=self.name, **self.settings)
+
+
+def _cascade(engine, model, asr, text_judge, text_model, api_key_env, text_prompt, concurrency, batch_size):
+    """The cascade's settings into `engine`; (the records' model name, prompts per batch: at least the
+    concurrency, so that many calls are in flight)."""
+    from sagelm.backends.cascade import DEFAULT_CONCURRENCY, cascade_model_name, read_template
+
+    if not text_judge or not text_model:
+        raise typer.BadParameter("--backend cascade needs --text-judge URL and --text-model NAME")
+    template = _run(lambda: read_template(text_prompt))
+    engine.settings.update({k: v for k, v in {"asr": asr, "text_judge": text_judge, "text_model": text_model,
+                            "api_key_env": api_key_env, "text_prompt": text_prompt,
+                            "concurrency": concurrency}.items() if v is not None})  # fmt: skip
+    return model or cascade_model_name(asr, text_model, template), max(batch_size, concurrency or DEFAULT_CONCURRENCY)
+
+
+def _engine_settings(preset: str, **given: Any) -> dict[str, Any]:
+    """The engine settings of the command line: a preset's own (e.g. `authors`: one sequence at a time),
+    then the flags given (None: not given)."""
+    from sagelm.decoding import PRESET_ENGINE_SETTINGS
+
+    return {**PRESET_ENGINE_SETTINGS.get(preset, {}), **{k: v for k, v in given.items() if v is not None}}
 
 
 def _local_aspects(model_id: str) -> None:
@@ -189,9 +264,11 @@ def _local_aspects(model_id: str) -> None:
         load_aspects(Path(model_id).expanduser())
 
 
-def _judge_pair(audio, instruction, aspects, model_id, options, both_orders, batch_size, json_out) -> None:
+def _judge_pair(audio, instruction, aspects, model_id, options, both_orders, batch_size, json_out, engine,
+                output=None) -> None:  # fmt: skip
     from sagelm.aspects import get_aspect
     from sagelm.audio import load_audio
+    from sagelm.records import JudgmentLog
 
     _local_aspects(model_id)
 
@@ -199,11 +276,17 @@ def _judge_pair(audio, instruction, aspects, model_id, options, both_orders, bat
         get_aspect(a)
     for f in audio:  # fail fast, before loading a 7B model
         load_audio(f)
-    _quiet_transformers()
-    from sagelm.judge import Judge
-
-    judge = Judge.from_pretrained(model_id, options)
-    records = judge.compare(instruction, audio[0], audio[1], aspects, both_orders, batch_size)
+    log = JudgmentLog(output) if output is not None else None  # refused before the model loads, if it must be
+    try:
+        _quiet_transformers()
+        judge = engine.load(model_id, options)
+        records = judge.compare(instruction, audio[0], audio[1], aspects, both_orders, batch_size)
+        if log is not None:
+            log.warn_if_mixed(judge.model_name, engine.name)
+            log.write(records)
+    finally:
+        if log is not None:
+            log.close()
     failed = next((r for r in records if r.error), None)
     if failed:
         raise UserError(failed.error)
@@ -225,13 +308,16 @@ def _dataset_items(pairs, aspects, both_orders) -> Iterator[Any]:
             yield from plan([p], aspects, both_orders)
 
 
-def _judge_dataset(data, output, aspects, model_id, options, both_orders, batch_size) -> None:
+def _judge_dataset(data, output, aspects, model_id, options, both_orders, batch_size, engine=_Engine()) -> None:
     from sagelm.data import BadRow, read_pairs
     from sagelm.records import Judgment, JudgmentLog, judgment_key
 
     _local_aspects(model_id)
+    if output.exists() and output.resolve() == data.resolve():
+        raise UserError(f"--output {output} is the --data file; judgments go to a file of their own")
     items = list(_dataset_items(list(read_pairs(data)), aspects, both_orders))
     log = JudgmentLog(output)
+    log.warn_if_mixed(model_id, engine.name)
     decoding = options.as_dict()
 
     def bad_record(b: BadRow) -> Judgment:
@@ -239,9 +325,9 @@ def _judge_dataset(data, output, aspects, model_id, options, both_orders, batch_
         return Judgment(id=b.id, aspect=None, error=b.error, model=model_id, key=key)
 
     # Keys need the audio digests only, not the model: work out what is left before loading it.
-    from sagelm.judge import Judge, Task, TaskKeys
+    from sagelm.judge import Task, TaskKeys
 
-    keys = TaskKeys(model_id, options)
+    keys = TaskKeys(model_id, options, engine.name)
     todo = [it for it in items if (bad_record(it).key if isinstance(it, BadRow) else keys(it)) not in log.done]
     skipped = len(items) - len(todo)
     if skipped:
@@ -250,7 +336,7 @@ def _judge_dataset(data, output, aspects, model_id, options, both_orders, batch_
     judge = None
     if len(todo) > n_bad:
         _quiet_transformers()
-        judge = Judge.from_pretrained(model_id, options, keys=keys)
+        judge = engine.load(model_id, options, keys)
     errors = 0
     with log, _progress() as progress:
         bar = progress.add_task("judging", total=len(todo))
@@ -497,11 +583,15 @@ def arena(
     pairs: Annotated[str, typer.Option(help="all: every pair; baseline: each system vs --baseline.")] = "all",
     aspect: Annotated[list[str] | None, typer.Option(help="Aspect(s) to judge; may repeat.")] = None,
     model: Annotated[str | None, typer.Option(help="Hub id or local checkpoint folder.")] = None,
-    backend: Annotated[str, typer.Option(help="Judging engine: hf, vllm, ...")] = "hf",
+    backend: BackendOpt = "hf",
+    device: DeviceOpt = None,
+    max_num_seqs: MaxNumSeqsOpt = None,
+    gpu_memory_utilization: GpuMemoryOpt = None,
+    tensor_parallel_size: TensorParallelOpt = None,
     one_order: Annotated[bool, typer.Option("--one-order", help="Judge each pair in one order only.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Prompts per forward pass.")] = 1,
     verdict_only: Annotated[bool, typer.Option("--verdict-only", help="Stop after the verdict.")] = False,
-    preset: Annotated[str, typer.Option(help="Decoding preset: greedy or paper.")] = "greedy",
+    preset: Annotated[str, typer.Option(help=_PRESET_HELP)] = "greedy",
     seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(min=1, help="Cap on generated tokens.")] = None,
     bootstrap: Annotated[int, typer.Option(min=10, help="Bootstrap replicates for the intervals.")] = 1000,
@@ -518,8 +608,11 @@ def arena(
         model_id = model or DEFAULT_MODEL
         _local_aspects(model_id)
         _quiet_transformers() if questions is not None else None
+        settings = _engine_settings(preset, device=device, max_num_seqs=max_num_seqs,
+                                    gpu_memory_utilization=gpu_memory_utilization,
+                                    tensor_parallel_size=tensor_parallel_size)  # fmt: skip
         cfg = ArenaConfig(output, questions, systems, baseline, pairs, aspect, model_id, backend, not one_order,
-                          batch_size, options, bootstrap)  # fmt: skip
+                          batch_size, options, bootstrap, settings=settings)  # fmt: skip
         result = run(cfg, _progress)
         stderr.print(f"leaderboard: {output / 'leaderboard.md'}, report: {output / 'report.html'}", highlight=False)
         import json as _json
@@ -529,8 +622,56 @@ def arena(
     _run(go)
 
 
+@app.command()
+def transcribe(
+    audio: Annotated[list[Path], typer.Argument(help="Audio files (wav/flac/mp3/ogg).")],
+    asr: AsrOpt = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per file.")] = False,
+) -> None:
+    """Transcribe what the judge hears (first 60 s, 16 kHz) with the cascade's speech recogniser."""
+
+    def go() -> None:
+        from rich.table import Table
+
+        from sagelm.asr import DEFAULT_ASR, AsrSettings, Transcriber
+        from sagelm.audio import AudioError, load_audio
+        from sagelm.jsonout import dumps
+
+        on_gpu = bool(device and device.startswith("cuda"))
+        transcriber = Transcriber(AsrSettings(model=asr or DEFAULT_ASR, device="cuda" if on_gpu else "cpu"))
+        table = Table("audio", "seconds", "words/s", "transcript / error")
+        failed = 0
+        for f in audio:
+            try:
+                t = transcriber.transcribe(load_audio(f))
+            except AudioError as e:
+                failed += 1
+                row: dict[str, Any] = {"audio": str(f), "error": str(e)}
+                table.add_row(str(f), "", "", f"[red]{e}[/red]")
+            else:
+                row = {"audio": str(f), **t.as_dict()}
+                table.add_row(str(f), f"{t.seconds:.2f}", f"{t.words_per_second:.2f}", t.text)
+            if json_out:
+                sys.stdout.write(dumps(row, ensure_ascii=False) + "\n")
+                sys.stdout.flush()
+        if not json_out:
+            stdout.print(table)
+        if failed:
+            raise UserError(f"{failed} of {len(audio)} files could not be transcribed")
+
+    _run(go)
+
+
 def main() -> None:
-    app()
+    app(args=_debug_first(sys.argv[1:]))
+
+
+def _debug_first(args: list[str]) -> list[str]:
+    """`--debug` works anywhere on the line (`sagelm judge ... --debug` too): it is moved before the command."""
+    if "--debug" not in args:
+        return args
+    return ["--debug", *(a for a in args if a != "--debug")]
 
 
 if __name__ == "__main__":

@@ -29,6 +29,9 @@ PRESETS: dict[str, DecodingOptions] = {
     # (they ran seeds 42, 123 and 1234).
     "paper": DecodingOptions(do_sample=True, temperature=0.95, top_p=0.7, top_k=50, max_new_tokens=1024),
 }
+# The authors' own inference run (their vllm_infer.py): the paper's sampling, one sequence at a time.
+PRESETS["authors"] = PRESETS["paper"]
+PRESET_ENGINE_SETTINGS: dict[str, dict[str, object]] = {"authors": {"max_num_seqs": 1}}
 
 
 def preset(name: str) -> DecodingOptions:

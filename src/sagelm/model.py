@@ -36,6 +36,10 @@ class ModelFormatError(SagelmError, RuntimeError):
     """A folder that is not a usable Qwen2.5-Omni checkpoint."""
 
 
+class DeviceError(SagelmError, ValueError):
+    """A --device this machine does not have."""
+
+
 @dataclass
 class JudgeModel:
     """A loaded judge: the thinker, its tokenizer and feature extractor, and the ids the judge reads."""
@@ -117,6 +121,31 @@ def default_device_dtype() -> tuple[str, Any]:
     return "cpu", torch.float32
 
 
+SPREAD_DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # transformers' device_map strategies
+
+
+def check_device(device: str) -> str:
+    """`device` if this machine has it (cpu, cuda, cuda:N, mps, or a strategy that spreads the model over the
+    GPUs, e.g. auto), else a one-line DeviceError."""
+    import torch
+
+    if device in SPREAD_DEVICE_MAPS:
+        return device
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise DeviceError(f"--device {device!r}: not a device (e.g. cpu, cuda, cuda:1, or auto)") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise DeviceError(f"--device {device}: this machine has no CUDA GPU (use --device cpu)")
+        if dev.index is not None and dev.index >= n:
+            raise DeviceError(f"--device {device}: this machine has {n} CUDA GPU(s), cuda:0 to cuda:{n - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"--device {device}: MPS is not available on this machine")
+    return device
+
+
 def load_processor(path: str | Path) -> tuple[Any, Any]:
     """The audio-only processor: the checkpoint's tokenizer and WhisperFeatureExtractor.
 
@@ -141,16 +170,24 @@ def load_judge_model(model: str = DEFAULT_MODEL, device: str | None = None, dtyp
     if not (path / "config.json").exists():
         raise ModelFormatError(f"{path}: no config.json; not a model checkpoint")
     load_aspects(path)  # the new aspects a trained judge knows
+    if not list(path.glob("*.safetensors")):
+        found = sorted(f.name for f in path.iterdir() if f.suffix in (".bin", ".pt", ".pth"))
+        raise ModelFormatError(
+            f"{path}: no .safetensors weights" + (f" (only {', '.join(found[:3])}: sagelm does not unpickle "
+            "weight files; convert them to safetensors)" if found else "")
+        )
     auto_device, auto_dtype = default_device_dtype()
-    device = device or auto_device
+    device = check_device(device) if device else auto_device
     dtype = dtype or auto_dtype
     tokenizer, feature_extractor = load_processor(path)
     logger.info("loading the thinker of %s on %s (%s)", path, device, dtype)
-    try:
-        thinker = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(path, dtype=dtype)
+    try:  # straight onto the device (or spread over the GPUs with "auto"), never whole in host RAM first
+        thinker = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
+            path, dtype=dtype, device_map=device, use_safetensors=True
+        )
     except (OSError, ValueError, KeyError) as e:
         raise ModelFormatError(f"{path}: cannot load a Qwen2.5-Omni thinker ({str(e).splitlines()[0]})") from None
-    thinker.to(device).eval()
+    thinker.eval()
     return JudgeModel(name=model, thinker=thinker, tokenizer=tokenizer, feature_extractor=feature_extractor)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from sagelm.errors import SagelmError
 from sagelm.jsonout import dumps
 from sagelm.verdicts import Verdict
 
@@ -97,46 +98,118 @@ def judgment_key(
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
-class JudgmentLog:
-    """OUT.jsonl: append-only, one line per judgment, flushed and synced per batch.
+class JudgmentLogError(SagelmError):
+    """An --output that sagelm must not write to: not its own records, not a regular file, or in use."""
 
-    Opening an existing file reads the keys already judged so that a rerun skips them; a torn last line
-    (a run killed mid-write) is cut off, so the file never keeps a broken line.
+
+class JudgmentLog:
+    """OUT.jsonl: append-only, one line per judgment, flushed and synced per batch, locked while open.
+
+    Opening an existing file reads the keys already judged so that a rerun skips them. sagelm only appends to a
+    file of its own records: anything else (a data file, a wav, a text file) is refused, never cut or appended
+    to. A torn last line (a run killed mid-write) is cut off, so the file never keeps a broken line; judgments
+    written twice (by runs of older versions side by side) are collapsed to one. An exclusive lock
+    (fcntl.flock) keeps a second process off the file while one writes it.
     """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.done: set[str] = set()
-        if self.path.exists():
-            self._repair_and_index()
-        else:
+        self.models: set[tuple[str, str]] = set()  # (model, backend) of the records already in the file
+        try:
+            if self.path.exists() and not self.path.is_file():
+                what = "a folder" if self.path.is_dir() else "not a regular file (a pipe or device)"
+                raise JudgmentLogError(f"--output {self.path} is {what}; sagelm writes and resumes a JSONL file there")
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = self.path.open("a", encoding="utf-8")
+            self._f = self.path.open("a+b")
+        except OSError as e:
+            raise JudgmentLogError(f"--output {self.path}: cannot write there ({e.strerror})") from None
+        try:
+            self._lock()
+            self._repair_and_index()
+        except BaseException:
+            self._f.close()
+            raise
+
+    def _lock(self) -> None:
+        import fcntl
+
+        try:
+            fcntl.flock(self._f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise JudgmentLogError(
+                f"--output {self.path} is being written by another sagelm run; wait for it to finish or choose "
+                "another --output"
+            ) from None
+
+    def _refuse(self, why: str) -> JudgmentLogError:
+        return JudgmentLogError(f"--output {self.path}: {why}; sagelm only appends to a file of its own judgment "
+                                "records (choose another --output)")  # fmt: skip
 
     def _repair_and_index(self) -> None:
-        data = self.path.read_bytes()
-        keep = data if data.endswith(b"\n") or not data else data[: data.rfind(b"\n") + 1]
-        if len(keep) != len(data):
-            logger.warning("%s: dropping a torn last line left by an interrupted run", self.path)
-            with self.path.open("r+b") as f:
-                f.truncate(len(keep))
-        for n, line in enumerate(keep.decode("utf-8").splitlines(), start=1):
+        self._f.seek(0)
+        data = self._f.read()
+        if not data:
+            return
+        keep = data if data.endswith(b"\n") else data[: data.rfind(b"\n") + 1]
+        try:
+            text = keep.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self._refuse("not UTF-8 text (an audio or binary file?)") from None
+        lines: list[str] = []
+        first_line: dict[str, int] = {}
+        for n, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
-                key = json.loads(line).get("key")
-            except (json.JSONDecodeError, AttributeError):
-                logger.warning("%s line %d: not a judgment record; ignored for resuming", self.path, n)
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                raise self._refuse(f"line {n} is not JSON") from None
+            if not isinstance(record, dict) or not {"id", "key", "aspect"} <= record.keys():
+                raise self._refuse(f"line {n} is not a sagelm judgment record")
+            if record["key"] in first_line:
                 continue
-            if key:
-                self.done.add(key)
+            first_line[record["key"]] = n
+            lines.append(line)
+            self.models.add((str(record.get("model")), str(record.get("backend") or "hf")))
+        if not lines and not (text == "" and data.startswith(b'{"id": ')):  # not even our own torn first record
+            raise self._refuse("it holds no judgment records")
+        self.done.update(first_line)
+        if len(keep) != len(data):
+            logger.warning("%s: dropping a torn last line left by an interrupted run", self.path)
+        n_lines = sum(1 for x in text.splitlines() if x.strip())
+        if len(lines) != n_lines:
+            logger.warning("%s: %d judgments were written twice; keeping one of each", self.path, n_lines - len(lines))
+            self._rewrite("".join(x + "\n" for x in lines).encode("utf-8"))
+        elif len(keep) != len(data):
+            self._f.truncate(len(keep))
+
+    def _rewrite(self, content: bytes) -> None:
+        """Replace the file's content atomically (a temporary file beside it, then rename), keeping the lock."""
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        with tmp.open("wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        old, self._f = self._f, self.path.open("a+b")
+        self._lock()
+        old.close()
+
+    def warn_if_mixed(self, model: str, backend: str = "hf") -> None:
+        """Say so when the file already holds another judge's (or engine's) records: `sagelm eval` then needs
+        `--model` to pick one."""
+        others = sorted(f"{m} ({b})" for m, b in self.models if (m, b) != (model, backend))
+        if others:
+            logger.warning("%s already holds records of %s; appending records of %s (%s); score one judge with "
+                           "sagelm eval --model", self.path, ", ".join(others), model, backend)  # fmt: skip
 
     def write(self, records: Iterable[Judgment]) -> None:
         records = list(records)
         lines = [r.to_json() + "\n" for r in records]
         if not lines:
             return
-        self._f.write("".join(lines))
+        self._f.write("".join(lines).encode("utf-8"))
         self._f.flush()
         os.fsync(self._f.fileno())
         self.done.update(r.key for r in records if r.key)
