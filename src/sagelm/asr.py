@@ -183,6 +183,7 @@ class Transcriber:
             except ImportError as e:
                 raise AsrError(f"speech recognition needs faster-whisper ({e.msg}); install it with: "
                                "pip install 'sagelm[cascade]'") from None  # fmt: skip
+            logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # no line per clip
             try:
                 self._model = WhisperModel(self.path, device=self.settings.device,
                                            compute_type=self.settings.compute_type,
