@@ -18,6 +18,8 @@ _LAZY = {
     "load_judge_model": "sagelm.model",
     "parse_verdict": "sagelm.verdicts",
     "judge_text": "sagelm.prompts",
+    "Client": "sagelm.client",
+    "ServerPath": "sagelm.client",
 }
 
 
