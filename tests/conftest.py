@@ -71,20 +71,24 @@ def tiny_full_dir(tmp_path_factory) -> Path:
 TONE_QUESTION = "Which response is the pure tone?"
 
 
-def teach_tone_judge(folder: Path, steps: int = 200, seed: int = 0, always: str | None = None) -> Path:
+def teach_tone_judge(
+    folder: Path, steps: int = 200, seed: int = 0, always: str | None = None, spec=None, layout: str = "thinker"
+) -> Path:
     """A tiny thinker taught, in a few seconds, that the better response is the tone (not the noise), in
     either position: enough to check audio order, probabilities and swap mapping end to end.
-    With `always="1"` it is taught to answer "1" whatever it hears: a judge that knows only position."""
+    With `always="1"` it is taught to answer "1" whatever it hears: a judge that knows only position.
+    `spec` (a sagelm.tiny.TinySpec) sizes it, `layout` "full" saves a full Qwen2.5-Omni checkpoint (for vLLM)."""
     import torch
 
     from sagelm.audio import Clip
     from sagelm.encoding import Example, build_inputs
-    from sagelm.tiny import build_feature_extractor, build_thinker, build_tokenizer, save_judge
+    from sagelm.tiny import TinySpec, build_feature_extractor, build_thinker, build_tokenizer, save_judge
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    tok, fe = build_tokenizer(), build_feature_extractor()
-    thinker = build_thinker(tok)
+    spec = spec or TinySpec()
+    tok, fe = build_tokenizer(spec.vocab_size), build_feature_extractor()
+    thinker = build_thinker(tok, spec)
 
     def example() -> Example:
         a = Clip("tone", tone(rng.uniform(0.5, 1.8), rng.uniform(250, 900)), 1.0)
@@ -104,7 +108,7 @@ def teach_tone_judge(folder: Path, steps: int = 200, seed: int = 0, always: str 
         opt.step()
         opt.zero_grad()
     thinker.eval()
-    return save_judge(folder, thinker, tok, fe, "thinker")
+    return save_judge(folder, thinker, tok, fe, layout)
 
 
 @pytest.fixture(scope="session")

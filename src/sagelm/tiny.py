@@ -31,6 +31,20 @@ SPECIAL_TOKENS = (
     "<|IMAGE|>", "<|VIDEO|>", "<|vision_bos|>", "<|vision_eos|>",
 )  # fmt: skip
 
+# The special tokens the released tokenizer_config.json names: Qwen2_5OmniProcessor (which vLLM builds) reads them.
+NAMED_TOKENS = {
+    "audio_token": AUDIO_TOKEN, "audio_bos_token": AUDIO_BOS, "audio_eos_token": AUDIO_EOS,
+    "image_token": "<|IMAGE|>", "video_token": "<|VIDEO|>",
+    "vision_bos_token": "<|vision_bos|>", "vision_eos_token": "<|vision_eos|>",
+}  # fmt: skip
+# The image-processor half of the released preprocessor_config.json (Qwen2VLImageProcessor): the judge hears audio
+# only, but vLLM builds the whole Qwen2_5OmniProcessor from that file.
+IMAGE_PROCESSOR_SETTINGS = dict(
+    image_processor_type="Qwen2VLImageProcessor", image_mean=[0.48145466, 0.4578275, 0.40821073],
+    image_std=[0.26862954, 0.26130258, 0.27577711], min_pixels=3136, max_pixels=12845056, patch_size=14,
+    temporal_patch_size=2, merge_size=2,
+)  # fmt: skip
+
 _CORPUS = [
     SYSTEM_PROMPT,
     *(INSTRUCTION_TEMPLATE.format(aspect=a, question="") for a in ASPECTS),
@@ -53,7 +67,8 @@ class TinySpec:
 
 
 def build_tokenizer(vocab_size: int = 512):
-    """A byte-level BPE tokenizer with Qwen's special tokens; digits split one per token as in Qwen2."""
+    """A byte-level BPE tokenizer with Qwen's special tokens; digits split one per token as in Qwen2, and "Tie"
+    two tokens, "T" + "ie", as in Qwen2.5's vocabulary (so the verdict's first token is "T" here too)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -61,6 +76,7 @@ def build_tokenizer(vocab_size: int = 512):
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(Regex(r"\p{N}"), behavior="isolated"),
+            pre_tokenizers.Split(Regex(r"T(?=ie)"), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
         ]
     )
@@ -72,14 +88,18 @@ def build_tokenizer(vocab_size: int = 512):
         show_progress=False,
     )
     tok.train_from_iterator(_CORPUS * 4, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=IM_END, pad_token="<|endoftext|>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=IM_END, pad_token="<|endoftext|>", extra_special_tokens=NAMED_TOKENS
+    )
 
 
 def build_feature_extractor():
     from transformers import WhisperFeatureExtractor
 
     # The released checkpoint's settings: 128 bins and a 300 s window (chunk_length 300, 4.8 M samples).
-    return WhisperFeatureExtractor(feature_size=128, chunk_length=300, n_samples=4_800_000, nb_max_frames=30_000)
+    return WhisperFeatureExtractor(
+        feature_size=128, chunk_length=300, n_samples=4_800_000, nb_max_frames=30_000, **IMAGE_PROCESSOR_SETTINGS
+    )
 
 
 def thinker_config(tokenizer, spec: TinySpec = TinySpec()):
