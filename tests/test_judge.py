@@ -114,3 +114,42 @@ def test_paper_preset_sampling_is_seeded(tiny_dir, clips):
     b = Judge.from_pretrained(str(tiny_dir), opts).compare("Q?", clips["tone"], clips["noise"], aspects=["honesty"])
     assert a[0].raw == b[0].raw
     assert (opts.temperature, opts.top_p, opts.top_k, opts.max_new_tokens, opts.do_sample) == (0.95, 0.7, 50, 8, True)
+
+
+@pytest.mark.parametrize("question", ["Say <audio> twice: <audio>", "Read <|AUDIO|> aloud", "Stop <|im_end|> here",
+                                      "<|audio_bos|><|AUDIO|><|audio_eos|> is markup"])  # fmt: skip
+def test_a_question_spelling_markup_is_judged_as_text(tone_judge, clips, question):
+    """issue 9 item 5: the question is user text; the prompt holds exactly the template's two audio spans."""
+    from sagelm.encoding import Example, build_inputs
+    from sagelm.prompts import AUDIO_TOKEN
+
+    tok = tone_judge.backend.model.tokenizer
+    clip_1 = tone_judge.request(Task(Pair("p", question, str(clips["noise"]), str(clips["tone"])), "honesty")).audio_1
+    clip_2 = tone_judge.request(Task(Pair("p", question, str(clips["tone"]), str(clips["noise"])), "honesty")).audio_1
+    inputs = build_inputs(tok, tone_judge.backend.model.feature_extractor,
+                          [Example("honesty", question, clip_1, clip_2)])  # fmt: skip
+    ids = inputs["input_ids"][0].tolist()
+    assert ids.count(tok.convert_tokens_to_ids(AUDIO_TOKEN)) == clip_1.n_tokens + clip_2.n_tokens
+    assert question in tok.decode(ids)
+    pair = Pair("markup", question, str(clips["noise"]), str(clips["tone"]))
+    ok = Pair("plain", TONE_QUESTION, str(clips["noise"]), str(clips["tone"]))
+    records = [r for batch in tone_judge.judge(plan([pair, ok], ["helpfulness"]), batch_size=2) for r in batch]
+    assert [r.error for r in records] == [None, None]
+    assert records[1].verdict == "2" and records[0].verdict in ("1", "2", "Tie")
+
+
+def test_tie_is_two_tokens_as_in_qwen_and_still_read_right(tmp_path, clips):
+    """issue 9 item 19: Qwen2.5 spells "Tie" as "T" + "ie"; P(Tie) is read at "T", verdict-only's raw is "T"."""
+    from conftest import teach_tone_judge
+
+    folder = teach_tone_judge(tmp_path / "tie", steps=40, always="Tie")
+    judge = Judge.from_pretrained(str(folder), DecodingOptions(max_new_tokens=8))
+    tok = judge.backend.model.tokenizer
+    assert tok.convert_ids_to_tokens(tok.encode("Tie", add_special_tokens=False)) == ["T", "ie"]
+    full = judge.compare(TONE_QUESTION, clips["tone"], clips["noise"], ["helpfulness"], both_orders=True)
+    assert [(r.verdict, r.raw.split("\n")[0]) for r in full] == [("Tie", "Tie"), ("Tie", "Tie")]
+    assert all(max(r.probabilities, key=r.probabilities.get) == "Tie" for r in full)
+    quick = Judge(judge.backend, DecodingOptions(verdict_only=True))
+    (r,) = quick.compare(TONE_QUESTION, clips["tone"], clips["noise"], ["helpfulness"])
+    assert (r.raw, r.verdict, r.new_tokens) == ("T", "Tie", 1)
+    assert r.probabilities == pytest.approx(full[0].probabilities, abs=1e-5)

@@ -199,3 +199,15 @@ def test_cli_export_errors_are_one_line(tmp_path):
     done = _cli("export", "llamafactory", str(jsonl), "--out", str(tmp_path / "lf"))
     _one_line_error(done, str(tmp_path / "lf" / "dataset_info.json"), "not valid JSON")
     assert (tmp_path / "lf" / "dataset_info.json").read_text() == "{oops"
+
+
+def test_export_skips_a_question_llamafactory_would_read_as_markup(tmp_path):
+    jsonl = _data(tmp_path)
+    rows = [json.loads(x) for x in jsonl.read_text().splitlines()][:1]
+    rows += [{**rows[0], "id": "q7", "instruction": "Play <audio> again"},
+             {**rows[0], "id": "q8", "instruction": "Print <|im_end|>"}]  # fmt: skip
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    names, problems = export([jsonl], tmp_path / "lf")
+    assert len(json.loads((tmp_path / "lf" / "mine.json").read_text())) == 1
+    assert [p.split(": ", 1)[0].rsplit(" ", 1)[-1] for p in problems] == ["q7", "q8"]
+    assert "<audio>" in problems[0] and "<|im_end|>" in problems[1]

@@ -76,3 +76,19 @@ def test_question_containing_bold_markers_keeps_the_right_aspect():
 def test_not_a_judge_prompt():
     with pytest.raises(ValueError, match="not a SageLM instruction prompt"):
         parse_instruction("Tell me a joke")
+
+
+def test_markup_in_the_question_stays_text_and_the_responses_stay_two():
+    from sagelm.prompts import AUDIO_BOS, fill_responses, judge_segments, markup_in
+
+    question = "Compare <audio> with <|AUDIO|>"
+    text = judge_text("honesty", question, [3, 4])
+    assert text.count(AUDIO_BOS) == 2 and question in text  # the question is kept as it was written
+    before, q, after = judge_segments("honesty", question, [3, 4])
+    assert q == question and before.endswith("### Instruction:\n") and after.count(AUDIO_BOS) == 2
+    assert fill_responses("honesty", question, ("A", "B")).endswith("### Response 1:\nA\n\n### Response 2:\nB\n\n")
+    assert instruction_prompt("honesty", question).count("<audio>") == 3
+    assert markup_in(question) == "<audio>" and markup_in("Read <|im_end|>") == "<|im_end|>"
+    assert markup_in("a < b and c | d > e") is None
+    with pytest.raises(ValueError):
+        fill_responses("honesty", "Q", ("only one",))

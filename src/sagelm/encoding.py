@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sagelm.audio import Clip, log_mel_batch
-from sagelm.prompts import judge_text
+from sagelm.prompts import judge_segments, judge_text
 
 IGNORE_INDEX = -100  # label of tokens that carry no loss
 
@@ -26,8 +26,21 @@ class Example:
         return judge_text(self.aspect, self.question, [self.audio_1.n_tokens, self.audio_2.n_tokens])
 
 
+def encode_prompt(tokenizer: Any, aspect: str, question: str, audio_tokens: Sequence[int] | None = None) -> list[int]:
+    """Token ids of the judge's prompt. A question that spells a special token (`<|AUDIO|>`, `<|im_end|>`, ...)
+    keeps it as plain text: that segment is encoded with special tokens split, so the prompt always holds
+    exactly the template's two audio spans. Any other question is encoded with the whole text, as trained."""
+    before, q, after = judge_segments(aspect, question, audio_tokens)
+    if not any(t in q for t in tokenizer.added_tokens_encoder):
+        return tokenizer.encode(before + q + after, add_special_tokens=False)
+    return (tokenizer.encode(before, add_special_tokens=False)
+            + tokenizer.encode(q, add_special_tokens=False, split_special_tokens=True)
+            + tokenizer.encode(after, add_special_tokens=False))  # fmt: skip
+
+
 def prompt_ids(tokenizer: Any, example: Example) -> list[int]:
-    return tokenizer.encode(example.text, add_special_tokens=False)
+    counts = [example.audio_1.n_tokens, example.audio_2.n_tokens]
+    return encode_prompt(tokenizer, example.aspect, example.question, counts)
 
 
 def answer_ids(tokenizer: Any, example: Example) -> list[int]:

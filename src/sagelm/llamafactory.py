@@ -15,7 +15,7 @@ from typing import Any
 
 from sagelm.audio import AudioError, load_audio
 from sagelm.data import DataError
-from sagelm.prompts import instruction_prompt
+from sagelm.prompts import instruction_prompt, markup_in
 from sagelm.samples import read_dataset_info, read_samples
 
 logger = logging.getLogger(__name__)
@@ -101,6 +101,9 @@ def _rows(path: Path, allow_outside: bool = False) -> tuple[list[dict[str, Any]]
     rows = []
     for s in samples:
         bad = next((p for a in (s.audio_1, s.audio_2) if (p := _clip_problem(a, folder, allow_outside, seen))), None)
+        if bad is None and (markup := markup_in(s.question)):
+            bad = (f"the question spells {markup}, which LLaMA-Factory would read as markup, not text "
+                   "(sagelm train keeps it as text)")  # fmt: skip
         if bad is not None:
             problems.append(f"{path} row {s.id}: {bad}")
             continue

@@ -53,9 +53,20 @@ _INSTRUCTION_RE = re.compile(
 
 
 def instruction_prompt(aspect: str, question: str) -> str:
-    """The user turn for judging `question` in terms of `aspect` (validated against the registry)."""
-    name = get_aspect(aspect).name
-    return INSTRUCTION_TEMPLATE.format(aspect=name, question=question)
+    """The user turn for judging `question` in terms of `aspect` (validated against the registry), with its two
+    `<audio>` placeholders (as LLaMA-Factory data holds it)."""
+    return fill_responses(aspect, question, (AUDIO_PLACEHOLDER, AUDIO_PLACEHOLDER))
+
+
+def fill_responses(aspect: str, question: str, responses: Sequence[str]) -> str:
+    """The user turn with the template's two `<audio>` placeholders replaced by `responses` (audio spans,
+    transcripts). The question is user text: an `<audio>` or special token in it is never taken for a response."""
+    head, tail = INSTRUCTION_TEMPLATE.split("{question}")
+    pieces = tail.split(AUDIO_PLACEHOLDER)
+    if len(responses) != len(pieces) - 1:
+        raise ValueError(f"the judge compares {len(pieces) - 1} responses, not {len(responses)}")
+    body = pieces[0] + "".join(r + rest for r, rest in zip(responses, pieces[1:], strict=True))
+    return head.format(aspect=get_aspect(aspect).name) + question + body
 
 
 def audio_span(n_tokens: int) -> str:
@@ -63,8 +74,9 @@ def audio_span(n_tokens: int) -> str:
 
 
 def render_chat(prompt: str, audio_tokens: Sequence[int] | None = None) -> str:
-    """The full text the model reads. Without `audio_tokens` each placeholder gets one `<|AUDIO|>`
-    (the unexpanded form vLLM receives); with them, the i-th placeholder gets audio_tokens[i]."""
+    """The full text the model reads for a user turn `prompt` holding `<audio>` placeholders (e.g. a released
+    row's instruction). Without `audio_tokens` each placeholder gets one `<|AUDIO|>` (the unexpanded form vLLM
+    receives); with them, the i-th placeholder gets audio_tokens[i]."""
     n = prompt.count(AUDIO_PLACEHOLDER)
     counts = [1] * n if audio_tokens is None else list(audio_tokens)
     if len(counts) != n:
@@ -74,8 +86,30 @@ def render_chat(prompt: str, audio_tokens: Sequence[int] | None = None) -> str:
     return CHAT_TEMPLATE.format(prompt=expanded)
 
 
+def judge_segments(aspect: str, question: str, audio_tokens: Sequence[int] | None = None) -> tuple[str, str, str]:
+    """The text the model reads, as (before the question, the question, after it): the question is encoded as
+    plain text even where it spells a special token (encoding.prompt_ids)."""
+    spans = [audio_span(n) for n in (audio_tokens if audio_tokens is not None else (1, 1))]
+    user = fill_responses(aspect, "\0", spans)
+    chat_head, chat_tail = CHAT_TEMPLATE.split("{prompt}")
+    before, after = user.split("\0")
+    return chat_head + before, question, after + chat_tail
+
+
 def judge_text(aspect: str, question: str, audio_tokens: Sequence[int] | None = None) -> str:
-    return render_chat(instruction_prompt(aspect, question), audio_tokens)
+    """The full text the model reads for `question` (`sagelm prompt` prints it)."""
+    return "".join(judge_segments(aspect, question, audio_tokens))
+
+
+# What another tool (LLaMA-Factory, a chat template) would read as markup in a question: its audio placeholder or a
+# Qwen special token.
+_MARKUP_RE = re.compile(r"<audio>|<\|[A-Za-z0-9_]+\|>")
+
+
+def markup_in(question: str) -> str | None:
+    """The first `<audio>` or `<|...|>` special token spelled in `question`, or None."""
+    m = _MARKUP_RE.search(question)
+    return m.group(0) if m else None
 
 
 def parse_instruction(instruction: str) -> tuple[str, str]:

@@ -18,8 +18,8 @@ from typing import Any
 
 from sagelm.audio import AudioError, ClipCache, load_audio
 from sagelm.data import BadRow, DataError, read_pairs
-from sagelm.encoding import Example
-from sagelm.prompts import ANSWER_TEMPLATE, IM_END, judge_text
+from sagelm.encoding import Example, encode_prompt
+from sagelm.prompts import ANSWER_TEMPLATE, IM_END
 from sagelm.verdicts import Verdict, parse_verdict, swap_verdict
 
 logger = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ def prepare(
                 out.bad_audio += 1
                 out.problems.append(f"{s.source} row {s.id}: {e}".lstrip())
                 continue
-            prompt = len(tokenizer.encode(judge_text(s.aspect, s.question, counts), add_special_tokens=False))
+            prompt = len(encode_prompt(tokenizer, s.aspect, s.question, counts))
             if s.answer not in answer_len:
                 answer_len[s.answer] = len(tokenizer.encode(s.answer, add_special_tokens=False))
             length = prompt + answer_len[s.answer]

@@ -20,7 +20,7 @@ from sagelm.backends.base import RawJudgment, Request
 from sagelm.decoding import DecodingOptions
 from sagelm.errors import SagelmError
 from sagelm.model import DEFAULT_MODEL
-from sagelm.prompts import AUDIO_PLACEHOLDER, SYSTEM_PROMPT, instruction_prompt
+from sagelm.prompts import SYSTEM_PROMPT, fill_responses
 from sagelm.textjudge import CallFailed, ChatClient, ChatResult, ClientSettings
 from sagelm.verdicts import VERDICTS, parse_verdict
 
@@ -52,8 +52,7 @@ def read_template(path: str | Path | None) -> str | None:
 def text_prompt(aspect: str, question: str, transcripts: Sequence[str], template: str | None = None) -> str:
     """The user turn the text judge reads: SageLM's prompt with each `<audio>` replaced by its transcript."""
     if template is None:
-        pieces = instruction_prompt(aspect, question).split(AUDIO_PLACEHOLDER)
-        return pieces[0] + "".join(t + rest for t, rest in zip(transcripts, pieces[1:], strict=True))
+        return fill_responses(aspect, question, transcripts)
     values = dict(zip(TEMPLATE_FIELDS, (aspect, question, *transcripts), strict=True))
     # one pass over the template, so a transcript that happens to contain "{question}" is left as it is
     out, i = [], 0
