@@ -1,5 +1,9 @@
+import json
 import logging
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -72,16 +76,22 @@ def test_bad_inputs_name_the_file_and_the_problem(tmp_path):
     good = write(tmp_path / "good.wav", tone(1.0))
     (tmp_path / "corrupt.wav").write_bytes(good.read_bytes()[:20] + b"\x00garbage" * 50)
     sf.write(str(tmp_path / "zero.wav"), np.zeros((0,), dtype=np.float32), 16_000)
-    write(tmp_path / "silent.wav", np.zeros(16_000, dtype=np.float32))
     write(tmp_path / "blip.wav", tone(0.01))
+    sf.write(str(tmp_path / "nan.wav"), np.full(16_000, np.nan, dtype=np.float32), 16_000, subtype="FLOAT")
+    (tmp_path / "folder.wav").mkdir()
+    (tmp_path / "loop.wav").symlink_to(tmp_path / "loop.wav")
+    os.mkfifo(tmp_path / "fifo.wav")
     cases = {
         "missing.wav": "no such file",
         "empty.wav": "empty file",
         "text.wav": "not readable as audio",
         "corrupt.wav": "not readable as audio",
         "zero.wav": "zero length",
-        "silent.wav": "is silent",
         "blip.wav": "too short (10 ms)",
+        "nan.wav": "holds NaN or infinite samples",
+        "folder.wav": "a folder, not an audio file",
+        "loop.wav": "a symbolic link loop (too many levels of symbolic links)",
+        "fifo.wav": "not a regular file (a pipe, device or socket)",
     }
     for name, problem in cases.items():
         with pytest.raises(AudioError) as e:
@@ -115,3 +125,112 @@ def test_features_do_not_depend_on_the_batch(tmp_path):
     alone, _ = log_mel_batch([a], fe)
     together, _ = log_mel_batch([a, b], fe)
     np.testing.assert_allclose(together[0, :, : a.n_frames], alone[0], atol=1e-6)
+
+
+# -- issue 9 items 7, 8, 10, 21: what the judge is given to hear, and what it refuses ---------------------------
+def test_a_fifo_and_dev_zero_are_refused_promptly(tmp_path):
+    """A FIFO without a writer blocks open(), /dev/zero never ends: both are refused at once. In a subprocess
+    with a timeout, so that a regression fails instead of hanging the suite."""
+    fifo = tmp_path / "fifo.wav"
+    os.mkfifo(fifo)
+    code = (
+        "import json, sys\nfrom sagelm.audio import AudioError, load_audio\nout = {}\n"
+        "for p in sys.argv[1:]:\n    try:\n        load_audio(p)\n    except AudioError as e:\n"
+        "        out[p] = str(e)\nprint(json.dumps(out))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(fifo), "/dev/zero"], capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {
+        str(fifo): f"{fifo}: not a regular file (a pipe, device or socket); give the path of a file",
+        "/dev/zero": "/dev/zero: not a regular file (a pipe, device or socket); give the path of a file",
+    }
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_in_its_own_words(tmp_path):
+    path = tmp_path / os.fsdecode(b"caf\xe9.wav")
+    write(tmp_path / "cafe.wav", tone(1.0)).rename(path)  # soundfile itself cannot open such a name for writing
+    with pytest.raises(AudioError) as e:
+        load_audio(path)
+    assert str(e.value) == (f"{tmp_path}/caf\\xe9.wav: the file name is not valid UTF-8; rename the file "
+                            "(records hold its name as UTF-8 text)")  # fmt: skip
+
+
+def test_a_silent_answer_is_judged_with_a_warning(tmp_path, caplog):
+    write(tmp_path / "silent.wav", np.zeros(16_000, dtype=np.float32))
+    write(tmp_path / "hush.wav", tone(1.0, amp=5e-5))
+    for name in ("silent.wav", "hush.wav"):
+        with caplog.at_level(logging.WARNING):
+            clip = load_audio(tmp_path / name)
+        assert clip.n_tokens == 25 and clip.warning == "silent (peak amplitude below 0.0001)"
+        assert f"{tmp_path / name} is silent" in caplog.text
+    assert load_audio(write(tmp_path / "tone.wav", tone(1.0))).warning is None
+
+
+def test_a_silent_answer_gets_a_verdict_and_a_warning_in_its_record(tone_judge, clips, tmp_path):
+    silent = write(tmp_path / "silent.wav", np.zeros(24_000, dtype=np.float32))
+    (record,) = tone_judge.compare("Which is the tone?", clips["tone"], silent, aspects=["helpfulness"])
+    assert record.error is None and record.verdict in ("1", "2", "Tie")
+    assert record.warning == "audio 2: silent (peak amplitude below 0.0001)"
+
+
+def _whole_file_path(path, sr: int) -> np.ndarray:
+    """What the judge heard before issue 9 item 8: the whole file decoded and resampled, then cut."""
+    from sagelm.audio import resample
+
+    data, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
+    assert file_sr == sr
+    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    return resample(np.ascontiguousarray(mono), sr)[:MAX_SAMPLES]
+
+
+@pytest.mark.parametrize(("sr", "channels", "seconds"), [(8_000, 1, 75.0), (22_050, 2, 61.3), (44_100, 1, 60.2),
+                                                         (16_000, 2, 70.0), (24_000, 1, 59.9)])  # fmt: skip
+def test_reading_only_the_first_minute_hears_what_the_whole_file_gave(tmp_path, sr, channels, seconds):
+    x = noise(seconds, sr=sr, seed=3)
+    x = np.stack([x, tone(seconds, sr=sr, amp=0.2)], axis=1) if channels == 2 else x
+    path = tmp_path / "long.wav"
+    sf.write(str(path), x, sr, subtype="FLOAT")
+    clip, old = load_audio(path), _whole_file_path(path, sr)
+    assert len(clip.samples) == len(old) and clip.n_tokens == n_audio_tokens(len(old))
+    np.testing.assert_allclose(clip.samples, old, atol=1e-6)
+    assert clip.original_seconds == pytest.approx(seconds, abs=1e-4)
+    assert clip.truncated == (seconds > 60)
+    if seconds > 60:
+        assert clip.warning == f"cut to its first 60 s ({seconds:.1f} s long)"
+
+
+def _write_long(path, minutes: float, sr: int = 8_000) -> None:
+    with sf.SoundFile(str(path), "w", samplerate=sr, channels=1, subtype="PCM_16") as f:
+        block = tone(60.0, sr=sr)
+        for _ in range(int(minutes)):
+            f.write(block)
+
+
+def test_long_audio_costs_no_more_memory_than_a_minute(tmp_path):
+    """A 20-minute 8 kHz file (19 MB as PCM; 230 MB as float32 at 16 kHz) costs what a 61 s one does."""
+    import tracemalloc
+
+    _write_long(tmp_path / "long.wav", 20)
+    _write_long(tmp_path / "minute.wav", 1)
+    with sf.SoundFile(str(tmp_path / "minute.wav"), "r+") as f:  # 61 s: cut as well
+        f.seek(0, sf.SEEK_END)
+        f.write(tone(1.0, sr=8_000))
+    peaks = {}
+    for name in ("minute.wav", "long.wav"):
+        tracemalloc.start()
+        clip = load_audio(tmp_path / name)
+        peaks[name] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert clip.n_tokens == 1500
+    assert clip.original_seconds == 1200.0
+    assert peaks["long.wav"] < 1.2 * peaks["minute.wav"], peaks
+
+
+@pytest.mark.parametrize("ext", ["mp3", "ogg", "flac"])
+def test_compressed_long_audio_is_cut_the_same_way(tmp_path, ext):
+    path = tmp_path / f"long.{ext}"
+    sf.write(str(path), noise(63.0, sr=24_000, seed=5), 24_000)
+    clip = load_audio(path)
+    np.testing.assert_allclose(clip.samples, _whole_file_path(path, 24_000), atol=1e-6)
+    assert clip.truncated and clip.n_tokens == 1500

@@ -137,3 +137,59 @@ def test_another_judges_records_are_announced(tmp_path, caplog):
         log.warn_if_mixed("judge-b", "hf")
         log.warn_if_mixed("judge-a", "vllm")
     assert caplog.text.count("already holds records of judge-a (hf)") == 2
+
+
+# -- file_digest: the audio part of resume keys (issue 9 item 7) -----------------------------------------------
+def test_digest_of_a_fifo_and_dev_zero_returns_promptly(tmp_path):
+    """Hashed whole, /dev/zero never ends and a FIFO blocks open(): in a subprocess with a timeout, so that a
+    regression fails instead of hanging the suite."""
+    import os
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "fifo.wav"
+    os.mkfifo(fifo)
+    code = "import sys\nfrom sagelm.records import file_digest\nprint([file_digest(p) for p in sys.argv[1:]])"
+    done = subprocess.run([sys.executable, "-c", code, str(fifo), "/dev/zero", str(tmp_path)], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str([f"unreadable:{fifo}", "unreadable:/dev/zero", f"unreadable:{tmp_path}"])
+
+
+def test_digest_reads_only_the_ends_of_a_big_file_and_follows_its_content(tmp_path):
+    import os
+    import shutil
+
+    from sagelm.records import DIGEST_END_BYTES, bytes_digest, file_digest
+
+    path = tmp_path / "big.wav"
+    data = bytearray(os.urandom(3 * DIGEST_END_BYTES))
+    path.write_bytes(data)
+    first = file_digest(str(path))
+    assert len(first) == 64 and first == bytes_digest(bytes(data))
+    shutil.copyfile(path, tmp_path / "copy.wav")  # a copy (a new modification time) keeps its resume keys
+    assert file_digest(str(tmp_path / "copy.wav")) == first
+    middle = bytearray(data)
+    middle[len(data) // 2] ^= 1  # not read: the price of not reading gigabytes
+    path.write_bytes(middle)
+    assert file_digest(str(path)) == first
+    for where in (0, DIGEST_END_BYTES - 1, -DIGEST_END_BYTES, -1):  # a byte of the head or of the tail
+        changed = bytearray(data)
+        changed[where] ^= 1
+        path.write_bytes(changed)
+        assert file_digest(str(path)) != first, where
+    path.write_bytes(data + b"x")
+    assert file_digest(str(path)) != first  # its size
+    assert file_digest(str(tmp_path / "missing.wav")) == f"unreadable:{tmp_path / 'missing.wav'}"
+
+
+def test_digest_of_a_file_up_to_2_mib_is_the_sha256_of_its_bytes_as_before(tmp_path):
+    import hashlib
+    import os
+
+    from sagelm.records import DIGEST_END_BYTES, bytes_digest, file_digest
+
+    for size in (0, 300_000, 2 * DIGEST_END_BYTES):
+        data = os.urandom(size)
+        (tmp_path / "a.wav").write_bytes(data)
+        assert file_digest(str(tmp_path / "a.wav")) == hashlib.sha256(data).hexdigest() == bytes_digest(data)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from sagelm.errors import SagelmError
+from sagelm.paths import UnusableFile, is_utf8, open_regular, shown
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +31,10 @@ MAX_AUDIO_SECONDS = 60  # SageLM was trained on the first 60 s of each response
 MAX_SAMPLES = MAX_AUDIO_SECONDS * SAMPLE_RATE  # 960,000 samples -> 6,000 frames -> 1,500 audio tokens
 MIN_FRAMES = 3  # fewer mel frames than this make no audio token at all
 AUDIO_CACHE_SIZE = 16  # clips kept decoded: a pair judged on several aspects and in both orders loads once
-SILENCE_PEAK = 1e-4  # below this peak amplitude a clip holds nothing to hear
+SILENCE_PEAK = 1e-4  # below this peak amplitude a clip holds nothing to hear: judged, with a warning
+# Input decoded past the 60 s cut: soxr's HQ filter reaches a few ms either side of an output sample, so with a
+# second more the kept part resamples as it did from the whole file (to float rounding).
+EDGE_SECONDS = 1.0
 
 
 class AudioError(SagelmError, ValueError):
@@ -43,6 +48,7 @@ class Clip:
     path: str
     samples: np.ndarray
     original_seconds: float
+    warning: str | None = None  # what a reader of the judgment should know: "silent", "cut to its first 60 s"
 
     @property
     def truncated(self) -> bool:
@@ -87,38 +93,56 @@ def resample(x: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np.nd
 
 
 def load_audio(path: str | Path) -> Clip:
-    """Read wav/flac/mp3/ogg, downmix to mono, resample to 16 kHz and keep the first 60 s."""
+    """Read wav/flac/mp3/ogg, downmix to mono, resample to 16 kHz and keep the first 60 s.
+
+    Only what the judge hears is decoded: the first 60 s and EDGE_SECONDS more (for the resampler's filter),
+    read frame by frame from the start, so a two-hour file costs what a minute does. A silent clip is judged,
+    with `warning` set; what cannot be judged (missing, not a regular file, not audio, no samples, NaN or
+    infinite samples, too short for one audio token) is an AudioError naming the file and the problem.
+    """
     import soundfile as sf
 
     p = Path(path)
-    if not p.exists():
-        raise AudioError(f"{p}: no such file")
-    if p.is_dir():
-        raise AudioError(f"{p}: is a folder, not an audio file")
-    if p.stat().st_size == 0:
-        raise AudioError(f"{p}: empty file")
+    if not is_utf8(p):
+        raise AudioError(f"{shown(p)}: the file name is not valid UTF-8; rename the file (records hold its name as "
+                         "UTF-8 text)")  # fmt: skip
     try:
-        data, sr = sf.read(str(p), dtype="float32", always_2d=True)
-    except Exception as e:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
-        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise AudioError(f"{p}: not readable as audio ({detail})") from None
+        f = open_regular(p, "an audio file")
+    except UnusableFile as e:
+        raise AudioError(f"{p}: {e.problem}") from None
+    with f:
+        if os.fstat(f.fileno()).st_size == 0:
+            raise AudioError(f"{p}: empty file")
+        try:
+            with sf.SoundFile(f) as sound:
+                sr = sound.samplerate
+                heard = math.ceil(MAX_AUDIO_SECONDS * sr)  # input frames of the first 60 s
+                wanted = heard + math.ceil(EDGE_SECONDS * sr)
+                data = sound.read(wanted, dtype="float32", always_2d=True)
+                total = max(sound.frames, len(data)) if len(data) == wanted else len(data)
+        except Exception as e:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
+            detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise AudioError(f"{p}: not readable as audio ({detail})") from None
     if data.shape[0] == 0:
         raise AudioError(f"{p}: holds no samples (zero length)")
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if not np.all(np.isfinite(mono)):
         raise AudioError(f"{p}: holds NaN or infinite samples")
-    if float(np.max(np.abs(mono))) < SILENCE_PEAK:
-        raise AudioError(f"{p}: is silent (peak amplitude below {SILENCE_PEAK})")
-    original_seconds = len(mono) / sr
+    original_seconds = total / sr
     samples = resample(np.ascontiguousarray(mono), sr)
     if n_frames(len(samples)) < MIN_FRAMES:
         raise AudioError(f"{p}: too short ({1000 * original_seconds:.0f} ms) to make a single audio token")
-    if len(samples) > MAX_SAMPLES:
+    warnings = []
+    if float(np.max(np.abs(mono[:heard]))) < SILENCE_PEAK:
+        logger.warning("%s is silent (peak amplitude below %g); judging it as it is", p, SILENCE_PEAK)
+        warnings.append(f"silent (peak amplitude below {SILENCE_PEAK})")
+    if total > heard:
         logger.warning(
             "%s is %.1f s long; the judge hears only its first %d s", p, original_seconds, MAX_AUDIO_SECONDS
         )
+        warnings.append(f"cut to its first {MAX_AUDIO_SECONDS} s ({original_seconds:.1f} s long)")
         samples = samples[:MAX_SAMPLES]
-    return Clip(path=str(p), samples=samples, original_seconds=original_seconds)
+    return Clip(path=str(p), samples=samples, original_seconds=original_seconds, warning="; ".join(warnings) or None)
 
 
 def log_mel_batch(clips: Sequence[Clip], feature_extractor: Any) -> tuple[np.ndarray, np.ndarray]:

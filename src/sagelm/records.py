@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 from sagelm.errors import SagelmError
 from sagelm.jsonout import dumps
+from sagelm.paths import UnusableFile, open_regular, shown
 from sagelm.verdicts import Verdict
 
 logger = logging.getLogger(__name__)
@@ -47,16 +48,38 @@ class Judgment(BaseModel):
         return dumps(self.model_dump(), ensure_ascii=False)
 
 
-def file_digest(path: str, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's bytes, or a marker naming a file that cannot be read."""
-    h = hashlib.sha256()
+DIGEST_END_BYTES = 1 << 20  # file_digest reads this much of each end of a file bigger than twice as much
+
+
+def file_digest(path: str) -> str:
+    """A file's identity for resume keys, from its content (a copied or moved dataset keeps its keys): the sha256
+    of its bytes up to 2 MiB, as sagelm has always keyed them; of a bigger file, of its size and its first and
+    last MiB, so that a long file costs two reads, not gigabytes. A file that cannot be read as a regular file
+    (missing, a FIFO, /dev/zero, a folder: audio loading names the problem) gets a marker naming the path,
+    found without blocking."""
     try:
-        with open(path, "rb") as f:
-            while block := f.read(chunk):
-                h.update(block)
-    except OSError:
-        return f"unreadable:{path}"
-    return h.hexdigest()
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(DIGEST_END_BYTES if size > 2 * DIGEST_END_BYTES else size)
+            if size > 2 * DIGEST_END_BYTES:
+                f.seek(size - DIGEST_END_BYTES)
+            tail = f.read(DIGEST_END_BYTES)
+    except (OSError, UnusableFile):
+        return f"unreadable:{shown(path)}"
+    return _content_digest(size, head, tail)
+
+
+def bytes_digest(data: bytes) -> str:
+    """file_digest of a file holding `data` (audio uploaded as bytes keys as the same file on disk does)."""
+    if len(data) > 2 * DIGEST_END_BYTES:
+        return _content_digest(len(data), data[:DIGEST_END_BYTES], data[-DIGEST_END_BYTES:])
+    return _content_digest(len(data), data, b"")
+
+
+def _content_digest(size: int, head: bytes, tail: bytes) -> str:
+    if size <= 2 * DIGEST_END_BYTES:
+        return hashlib.sha256(head + tail).hexdigest()
+    return hashlib.sha256(b"%d:%b%b" % (size, head, tail)).hexdigest()
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
