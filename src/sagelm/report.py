@@ -6,6 +6,8 @@ import json
 import math
 from typing import Any
 
+from sagelm.jsonout import finite
+
 COLUMNS = ("group", "n", "accuracy", "agreement", "invalid")
 
 
@@ -25,20 +27,10 @@ def _value(cell: dict, key: str) -> str:
     return text
 
 
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def to_json(result: dict) -> str:
     """The report as strict JSON: an undefined value (a mean over no rows, a CI of nothing) is null, never NaN,
     which JavaScript's JSON.parse, Go and serde reject."""
-    return json.dumps(_finite(result), indent=2, allow_nan=False)
+    return json.dumps(finite(result), indent=2, allow_nan=False)
 
 
 def rows(result: dict) -> list[list[str]]:

@@ -33,6 +33,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sagelm.errors import SagelmError
+from sagelm.jsonout import finite
 from sagelm.llamafactory import RECIPE
 
 logger = logging.getLogger(__name__)
@@ -511,17 +512,6 @@ def _trainable_thinker(path: str, dtype: Any, freeze_audio_encoder: bool) -> Any
     return thinker.train()
 
 
-def _finite(obj: Any) -> Any:
-    """`obj` with every NaN/inf float replaced by None: the summary is strict JSON (null, never NaN)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def _previous_stages(out: Path) -> dict[int, dict[str, Any]]:
     """The stages an earlier run's summary records, by index ({} without a readable summary)."""
     try:
@@ -550,7 +540,7 @@ def _write_summary(out: Path, config: TrainConfig, results: list[StageResult], r
         done = {s["index"] for s in summary["stages"]}
         old = [s for i, s in _previous_stages(out).items() if i not in done]
         summary["stages"] = sorted(old + summary["stages"], key=lambda s: s["index"])
-    text = json.dumps(_finite(summary), indent=2, default=str, allow_nan=False)
+    text = json.dumps(finite(summary), indent=2, default=str, allow_nan=False)
     (out / SUMMARY_FILE).write_text(text + "\n", encoding="utf-8")
 
 
@@ -663,7 +653,7 @@ def train(
         results.append(StageResult(
             index=k, datasets=[str(f) for f in files], counts=ready.summary(), steps=trainer.state.global_step,
             epochs=float(stage.epochs or 0), learning_rate=float(stage.learning_rate or 0),
-            final_loss=_finite(losses[-1] if losses else float(output.training_loss)), seconds=round(seconds, 1),
+            final_loss=finite(losses[-1] if losses else float(output.training_loss)), seconds=round(seconds, 1),
             folder=str(final), max_steps=config.max_steps,
         ))  # fmt: skip
         logger.info("stage %d: %d steps in %.0f s, saved %s", k, trainer.state.global_step, seconds, final)
