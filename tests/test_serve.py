@@ -27,6 +27,8 @@ import pytest
 import soundfile as sf
 from conftest import TONE_QUESTION
 
+from sagelm.aspects import SEMANTIC_ASPECTS
+
 START_TIMEOUT_S = 240  # importing torch and loading the tiny judge on a busy 2-core machine
 LOAD_SECONDS = 30
 LOAD_CLIENTS = 50
@@ -131,7 +133,9 @@ def b64(path: Path) -> dict:
 
 
 def body(a1: dict, a2: dict, **more) -> dict:
-    return {"question": TONE_QUESTION, "aspect": "helpfulness", "audio_1": a1, "audio_2": a2, **more}
+    """A judge request for the tone judge: on helpfulness unless `aspects` are given."""
+    aspect = {} if "aspects" in more else {"aspect": "helpfulness"}
+    return {"question": TONE_QUESTION, **aspect, "audio_1": a1, "audio_2": a2, **more}
 
 
 def assert_refused(r: httpx.Response, status: int, *words: str) -> None:
@@ -184,12 +188,12 @@ def test_aspects_verdict_only_and_the_python_client(server, audio_root):
     tone, noise = audio_root / "probes" / "tone_long.wav", audio_root / "probes" / "noise_short.wav"
     with Client(server.url) as client:
         assert client.health()["status"] == "ok"
-        records = client.judge(TONE_QUESTION, noise, tone.read_bytes(), aspects=["helpfulness", "relevance"],
+        records = client.judge(TONE_QUESTION, noise, tone.read_bytes(), aspects=["helpfulness", "honesty"],
                                verdict_only=True)  # fmt: skip
         assert [(r.aspect, r.verdict, r.rationale) for r in records] == [("helpfulness", "2", None),
-                                                                          ("relevance", "2", None)]  # fmt: skip
+                                                                          ("honesty", "2", None)]  # fmt: skip
         four = client.judge(TONE_QUESTION, ServerPath("probes/tone.wav"), ServerPath("probes/noise.wav"))
-        assert [r.aspect for r in four] == ["helpfulness", "relevance", "accuracy", "detail"]  # the semantic four
+        assert tuple(r.aspect for r in four) == SEMANTIC_ASPECTS  # neither aspect nor aspects: the semantic four
         from sagelm.client import ServerError
 
         with pytest.raises(ServerError) as e:
@@ -358,7 +362,7 @@ def test_bearer_key(small, clips):
 
 
 def test_a_flood_beyond_the_queue_gets_429_and_the_rest_is_judged(small, clips):
-    payload = body(b64(clips["noise"]), b64(clips["tone_long"]), aspects=["helpfulness", "relevance"])
+    payload = body(b64(clips["noise"]), b64(clips["tone_long"]), aspects=["helpfulness", "honesty"])
     headers = {"authorization": f"Bearer {API_KEY}"}
 
     async def flood() -> list[httpx.Response]:
@@ -381,8 +385,7 @@ def test_a_flood_beyond_the_queue_gets_429_and_the_rest_is_judged(small, clips):
 # -- last: SIGTERM with requests in flight ---------------------------------------------------------------------
 def test_sigterm_finishes_requests_in_flight_then_exits_0(server, audio_root):
     payload = body({"path": "probes/tone_long.wav"}, {"path": "probes/noise.wav"},
-                   aspects=["helpfulness", "relevance", "accuracy", "detail"], both_orders=True)  # fmt: skip
-    payload.pop("aspect")
+                   aspects=list(SEMANTIC_ASPECTS), both_orders=True)  # fmt: skip
 
     async def in_flight() -> list[httpx.Response | BaseException]:
         async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:

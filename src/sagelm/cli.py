@@ -368,7 +368,61 @@ def _judge_dataset(data, output, aspects, model_id, options, both_orders, batch_
     logger.info("%s: wrote %d records (%d with errors)", output, len(todo), errors)
 
 
+def _judge_on_ray(data, output, aspects, model_id, options, both_orders, batch_size, engine, address, workers):
+    from sagelm.cluster import RayOptions, judge_dataset
+
+    _local_aspects(model_id)
+    _quiet_transformers()
+    judge_dataset(data, output, model_id, options, aspects, both_orders, batch_size, engine.name, engine.settings,
+                  RayOptions(address, workers), _progress)  # fmt: skip
+
+
 # --------------------------------------------------------------------------------------------------------------
+@app.command()
+def serve(
+    model: Annotated[str, typer.Option(help="Hub id or local checkpoint folder.")],
+    backend: BackendOpt = "hf",
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
+    max_batch_size: Annotated[int, typer.Option(min=1, help="Judgments per engine call, across requests.")] = 8,
+    max_wait_ms: Annotated[float, typer.Option(min=0, help="How long a judgment waits for others to batch with.")] = 20,
+    max_queue: Annotated[int, typer.Option(min=1, help="Judgments waiting at most; beyond them: 429.")] = 256,
+    max_audio_mb: Annotated[float, typer.Option(min=0.001, help="Largest audio file taken, in MB.")] = 25,
+    audio_root: Annotated[list[Path] | None, typer.Option(
+        help="A folder whose files requests may name by path; may repeat.")] = None,
+    api_key_env: Annotated[str | None, typer.Option(
+        help="Environment variable holding the bearer key that requests must send.")] = None,
+    device: DeviceOpt = None,
+    max_num_seqs: MaxNumSeqsOpt = None,
+    gpu_memory_utilization: GpuMemoryOpt = None,
+    tensor_parallel_size: TensorParallelOpt = None,
+) -> None:
+    """Serve the judge over HTTP: POST /v1/judge, GET /health, /metrics, /docs (SIGTERM drains, then exits 0)."""
+    roots = tuple(audio_root or ())
+    for root in roots:
+        if not root.is_dir():
+            raise typer.BadParameter(f"{root} is not a folder", param_hint="--audio-root")
+    key = None
+    if api_key_env is not None:
+        key = os.environ.get(api_key_env)
+        if not key:
+            raise typer.BadParameter(f"the environment variable {api_key_env} is not set", param_hint="--api-key-env")
+
+    def go() -> None:
+        from sagelm.serve import ServeOptions, serve
+
+        _local_aspects(model)
+        _quiet_transformers()
+        settings = _engine_settings("greedy", device=device, max_num_seqs=max_num_seqs,
+                                    gpu_memory_utilization=gpu_memory_utilization,
+                                    tensor_parallel_size=tensor_parallel_size)  # fmt: skip
+        serve(ServeOptions(model=model, backend=backend, host=host, port=port, max_batch_size=max_batch_size,
+                           max_wait_ms=max_wait_ms, max_queue=max_queue, max_audio_mb=max_audio_mb,
+                           audio_roots=roots, api_key=key, engine_settings=settings))  # fmt: skip
+
+    _run(go)
+
+
 @app.command("eval")
 def eval_(
     predictions: Annotated[list[Path], typer.Argument(help="OUT.jsonl of sagelm judge, or vllm_infer.py output.")],

@@ -95,6 +95,11 @@ class Refusal(Exception):
         self.message = message
 
 
+def body_too_large(options: ServeOptions) -> Refusal:
+    return Refusal(413, f"the request body is over the server's limit of {options.max_body_bytes / MIB:.1f} MB (two "
+                        f"audios of at most {options.max_audio_mb:g} MB each, in base64)")
+
+
 # -- the request body ----------------------------------------------------------------------------------------
 class AudioIn(BaseModel):
     """One response: `{"data": "<base64 of a wav/flac/mp3/ogg file>"}` or `{"path": "<file under an --audio-root>"}`."""
@@ -141,6 +146,12 @@ class JudgeBody(BaseModel):
     def tasks(self, audio_1: str, audio_2: str) -> list[Task]:
         pair = Pair(id="pair", question=self.question, audio_1=audio_1, audio_2=audio_2)  # as Judge.compare
         return list(plan([pair], [self.aspect] if self.aspect else self.aspects, self.both_orders))
+
+
+class JudgeAnswer(BaseModel):
+    """200 from POST /v1/judge."""
+
+    judgments: list[Judgment]
 
 
 def validation_message(errors: Sequence[dict[str, Any]]) -> str:
@@ -456,6 +467,9 @@ class Service:
             scheme, _, key = given.partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(key.strip(), self.options.api_key.encode()):
                 return Refusal(401, "missing or wrong API key (send Authorization: Bearer KEY)")
+        length = headers.get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.options.max_body_bytes:  # a body without one is counted as read
+            return body_too_large(self.options)
         return None
 
     async def start(self) -> None:
@@ -566,9 +580,9 @@ def create_app(service: Service) -> Any:
 
     @app.exception_handler(HTTPException)
     async def _http(_: Any, exc: HTTPException) -> Any:
-        if exc.status_code == 413:
-            return _error_response(413, f"the request body is over the server's limit of {o.max_body_bytes / MIB:.1f}"
-                                        f" MB (two audios of at most {o.max_audio_mb:g} MB each, in base64)")
+        if exc.status_code == 413:  # FastAPI's max_body_size, counting a body that came without Content-Length
+            refusal = body_too_large(o)
+            return _error_response(refusal.status, refusal.message)
         if exc.status_code == 400:  # FastAPI's "There was an error parsing the body" (e.g. the client left)
             return _error_response(400, "the body could not be read")
         return _error_response(exc.status_code, str(exc.detail))
@@ -588,21 +602,23 @@ def create_app(service: Service) -> Any:
                      (429, "the queue is full"), (503, "loading or shutting down")]
     }  # fmt: skip
 
-    @app.post(JUDGE_PATH, max_body_size=o.max_body_bytes, responses=responses)
-    async def judge(body: JudgeBody) -> Response:
+    responses[200] = {"model": JudgeAnswer, "description": "the records, one per aspect and order"}
+
+    @app.post(JUDGE_PATH, max_body_size=o.max_body_bytes, responses=responses, response_model=None)
+    async def judge(body: JudgeBody):  # a Response: the records written by jsonout.dumps (NaN -> null)
         """Judge one pair; the answer is `{"judgments": [records as sagelm judge writes them]}`."""
         records = await service.judge(body)
         payload = {"judgments": [r.model_dump() for r in records]}
         return Response(dumps(payload, ensure_ascii=False), media_type="application/json")
 
-    @app.get("/health")
-    async def health() -> Response:
+    @app.get("/health", response_model=None)
+    async def health():
         status = service.status()
         payload = {"status": status, "model": service.batcher.model_name or o.model, "backend": o.backend}
         return Response(dumps(payload), status_code=200 if status == "ok" else 503, media_type="application/json")
 
-    @app.get("/metrics")
-    async def metrics() -> Response:
+    @app.get("/metrics", response_model=None)
+    async def metrics():
         content, media_type = service.metrics.text()
         return Response(content, media_type=media_type)
 
