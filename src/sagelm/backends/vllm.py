@@ -60,11 +60,13 @@ class VLLMBackend:
         gpu_memory_utilization: float | None = None,
         tensor_parallel_size: int | None = None,
         max_model_len: int | None = None,
+        load_format: str | None = None,
         options: DecodingOptions | None = None,
         **_: Any,
     ) -> VLLMBackend:
         """`model` (hub id or full Qwen2.5-Omni folder) on vLLM; None settings are vLLM's defaults.
-        `device` is vLLM's own choice (its build decides CPU or GPU) and is ignored, as other engines' settings are."""
+        `device` is vLLM's own choice (its build decides CPU or GPU) and is ignored, as other engines' settings are;
+        `load_format="dummy"` gives random weights from the config alone (benchmarks/bench_gpu.py)."""
         path = resolve_checkpoint(model)
         _check_full_checkpoint(path)
         tokenizer, _ = load_processor(path)  # the same tokenizer files, read the way the hf engine reads them
@@ -81,6 +83,7 @@ class VLLMBackend:
             gpu_memory_utilization=gpu_memory_utilization,
             tensor_parallel_size=tensor_parallel_size,
             max_model_len=max_model_len,
+            load_format=load_format,
             seed=options.seed if options is not None else None,
         )
         engine = {k: v for k, v in engine.items() if v is not None}
