@@ -207,18 +207,16 @@ def _first_byte(f: BinaryIO) -> bytes:
 
 def _json_list(data: bytes, path: Path) -> Iterator[Pair | BadRow]:
     name, base = shown(path), path.parent
-    rows = json.loads(_utf8(data, name))
-    if not isinstance(rows, list):  # "[1] [2]" and the like fail to parse above; a list is all that is left
-        raise DataError(f"{name}: a JSON {_json_type(rows)}, not a list of rows")
+    rows = _parse_whole(data, name)  # a list: the file opens with "[", and "[1] [2]" does not parse
     if not rows:
         raise DataError(f"{name}: an empty JSON list (no rows)")
     for i, row in enumerate(rows):
         yield _row(_alpaca_pair, row, f"{shown(path.stem)}-{i}", f"{name} row {i}", base)
 
 
-def _utf8(data: bytes, name: str) -> str:
-    """`data` (a whole JSON file) as text; a DataError naming the line and column of what is not UTF-8 or not
-    JSON (checked here so that the caller's json.loads cannot fail)."""
+def _parse_whole(data: bytes, name: str) -> object:
+    """The JSON value of a whole file's bytes; a DataError naming the line and column of what is not UTF-8 or
+    not JSON."""
     data = data.removeprefix(UTF8_BOM)
     try:
         text = data.decode("utf-8")
@@ -228,10 +226,9 @@ def _utf8(data: bytes, name: str) -> str:
         raise DataError(f"{name}: not UTF-8 text (byte 0x{data[e.start]:02x} at line {line} column {column}); "
                         "save the file as UTF-8") from None  # fmt: skip
     try:
-        json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{name}: invalid JSON at line {e.lineno} column {e.colno} ({e.msg})") from None
-    return text
 
 
 @dataclass(frozen=True)
@@ -262,25 +259,25 @@ def _jsonl(f: BinaryIO, path: Path) -> Iterator[Pair | BadRow]:
     pretty-printed object, a string) or of no JSON at all is one DataError instead of a pile of bad rows."""
     name = shown(path)
     held: list[tuple[int, object]] = []
+    parsed: list[object] = []  # the first two held values that are JSON
     values = _jsonl_values(f)
     for n, line, value in values:
         held.append((n, value))
-        if isinstance(value, _Unparsed) and len(held) == 1 and line.startswith(b"{"):
-            whole = _whole_file_value(f)  # perhaps one JSON value spread over lines: a pretty-printed object
-            if not isinstance(whole, _Unparsed):
-                raise DataError(f"{name}: a JSON {_json_type(whole)}, not a list of rows")
-        parsed = [v for _, v in held if not isinstance(v, _Unparsed)]
+        if isinstance(value, _Unparsed):
+            if len(held) == 1 and line.startswith(b"{"):
+                whole = _whole_file_value(f)  # perhaps one JSON value spread over lines: a pretty-printed object
+                if not isinstance(whole, _Unparsed):
+                    raise DataError(f"{name}: a JSON {_json_type(whole)}, not a list of rows")
+            continue
+        parsed.append(value)
         if (isinstance(value, dict) and any(k in value for k in ROW_FIELDS)) or len(parsed) >= 2:
             break
     else:  # the whole file is held: decide what it is
-        parsed = [v for _, v in held if not isinstance(v, _Unparsed)]
         if not parsed:
             n, first = held[0]
             raise DataError(f"{name}: neither a JSON list nor JSONL: line {n} is {first.problem}")
         if len(held) == 1:
-            only = parsed[0]
-            if not isinstance(only, dict) or not any(k in only for k in ROW_FIELDS):
-                raise DataError(f"{name}: a JSON {_json_type(only)}, not a list of rows")
+            raise DataError(f"{name}: a JSON {_json_type(parsed[0])}, not a list of rows")
     base = path.parent
     for n, value in held:
         yield _jsonl_row(n, value, name, base)
