@@ -177,7 +177,7 @@ def test_probe_pairs_in_both_orders_give_the_records_of_sagelm_judge(server, aud
     r = httpx.post(f"{server.url}/v1/judge", json=body(b64(noise), b64(tone)), timeout=60)
     assert r.status_code == 200, r.text
     (j,) = r.json()["judgments"]
-    assert j["verdict"] == "2" and j["audio_1"].startswith("sha256:") and j["error"] is None
+    assert j["verdict"] == "2" and j["audio_1"].startswith("upload:") and j["error"] is None
     by_path = httpx.post(f"{server.url}/v1/judge", json=body({"path": str(noise)}, {"path": str(tone)})).json()
     assert by_path["judgments"][0]["key"] == j["key"] and by_path["judgments"][0]["verdict"] == "2"
 

@@ -8,7 +8,8 @@ hands audio decoding to a small thread pool and awaits futures; it never runs th
 
 Audio comes as base64 (written to a private temporary file only for as long as decoding takes) or as a path
 under an `--audio-root` (resolved, so neither `..` nor a symlink leaves it). A base64 clip's record names it
-`sha256:<digest of its bytes>`, and its resume key is the one `sagelm judge` gives the same file.
+`upload:<digest>` (records.bytes_digest: the sha256 of its bytes up to 2 MiB), and its resume key is the one
+`sagelm judge` gives the same file.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import base64
 import binascii
 import contextlib
 import dataclasses
-import hashlib
 import hmac
 import logging
 import os
@@ -42,7 +42,7 @@ from sagelm.data import Pair
 from sagelm.decoding import DecodingOptions
 from sagelm.jsonout import dumps
 from sagelm.judge import Judge, Task, TaskKeys, plan
-from sagelm.records import Judgment, file_digest
+from sagelm.records import Judgment, bytes_digest, file_digest
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("sagelm.serve.access")
@@ -171,7 +171,7 @@ def validation_message(errors: Sequence[dict[str, Any]]) -> str:
 
 # -- audio ---------------------------------------------------------------------------------------------------
 class HeldAudio:
-    """The decoded clips and digests of the requests in flight, by label (a resolved path, or `sha256:...` for
+    """The decoded clips and digests of the requests in flight, by label (a resolved path, or `upload:...` for
     base64 audio), held until their request is answered. It is the clip source of the server's Judges (the
     worker never decodes) and the digest source of their resume keys."""
 
@@ -225,8 +225,8 @@ class AudioReader:
     def read(self, audio: AudioIn, name: str) -> tuple[str, str, Clip]:
         if audio.data is not None:
             raw = self._base64(audio.data, name)
-            digest = hashlib.sha256(raw).hexdigest()
-            label = f"sha256:{digest}"
+            digest = bytes_digest(raw)
+            label = f"upload:{digest}"
             with tempfile.NamedTemporaryFile(dir=self.tmp_dir, suffix=".audio") as f:  # removed on leaving
                 f.write(raw)
                 f.flush()
