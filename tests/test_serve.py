@@ -384,26 +384,25 @@ def test_a_flood_beyond_the_queue_gets_429_and_the_rest_is_judged(small, clips):
 
 # -- last: SIGTERM with requests in flight ---------------------------------------------------------------------
 def test_sigterm_finishes_requests_in_flight_then_exits_0(server, audio_root):
-    payload = body({"path": "probes/tone_long.wav"}, {"path": "probes/noise.wav"},
-                   aspects=list(SEMANTIC_ASPECTS), both_orders=True)  # fmt: skip
+    payload = body({"path": "probes/tone_long.wav"}, {"path": "probes/noise.wav"}, both_orders=True)
 
     async def in_flight() -> list[httpx.Response | BaseException]:
         async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:
-            posts = [asyncio.ensure_future(http.post("/v1/judge", json=payload)) for _ in range(12)]
+            posts = [asyncio.ensure_future(http.post("/v1/judge", json=payload)) for _ in range(8)]
             for _ in range(500):  # until several requests are being answered
                 await asyncio.sleep(0.01)
                 if float(re.search(r"^sagelm_requests_in_flight (\S+)$", (await http.get("/metrics")).text,
-                                   re.M).group(1)) >= 4:  # fmt: skip
+                                   re.M).group(1)) >= 3:  # fmt: skip
                     break
             server.proc.send_signal(signal.SIGTERM)
             return await asyncio.gather(*posts, return_exceptions=True)
 
     answers = asyncio.run(in_flight())
     done = [r for r in answers if isinstance(r, httpx.Response) and r.status_code == 200]
-    assert len(done) >= 4, answers
+    assert len(done) >= 3, answers
     for r in answers:  # judged in full; or, sent after SIGTERM, refused (503) or never accepted
         if r in done:
-            assert [j["verdict"] for j in r.json()["judgments"]] == ["1"] * 8
+            assert [(j["verdict"], j["swapped"]) for j in r.json()["judgments"]] == [("1", False), ("1", True)]
         else:
             assert isinstance(r, httpx.TransportError) or r.status_code == 503, r
     assert server.proc.wait(60) == 0, server.log.read_text()[-2000:]

@@ -192,7 +192,10 @@ class HeldAudio:
                 del self._items[label]
 
     def get(self, label: str) -> Clip:
-        return self._items[label][0]
+        try:
+            return self._items[label][0]
+        except KeyError:  # its request was cancelled while the task waited: an error record, not a failed batch
+            raise AudioError(f"{label}: the request that brought this audio is gone") from None
 
     def digest(self, label: str) -> str:
         return self._items[label][1]
@@ -386,7 +389,8 @@ class Batcher:
         self.ready.set()
         try:
             while (batch := self._take()) is not None:
-                self._judge(judges[batch[0].verdict_only], batch)
+                if batch:
+                    self._judge(judges[batch[0].verdict_only], batch)
         finally:
             judges[False].close()
 
@@ -409,7 +413,7 @@ class Batcher:
             taken = {id(it) for it in batch}
             self._queue = deque(it for it in self._queue if id(it) not in taken)
             self.metrics.queue_depth.set(len(self._queue))
-        return batch
+        return [it for it in batch if not it.future.done()]  # a cancelled request's tasks are dropped
 
     def _judge(self, judge: Judge, batch: list[_Item]) -> None:
         assert self._loop is not None
