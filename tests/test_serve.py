@@ -47,6 +47,10 @@ class Server:
     proc: subprocess.Popen
     url: str
     log: Path
+    tmp: Path  # the server's TMPDIR: where uploads are decoded from
+
+    def uploads_left(self) -> list[Path]:
+        return [p for d in self.tmp.glob("sagelm-serve-*") for p in d.iterdir()]
 
     @property
     def port(self) -> int:
@@ -68,9 +72,12 @@ class Server:
 def start_server(model: Path, log: Path, *args: str, env: dict | None = None) -> Server:
     port = free_port()
     cmd = [sys.executable, "-m", "sagelm", "serve", "--model", str(model), "--port", str(port), *args]
+    tmp = log.parent / "tmp"
+    tmp.mkdir()
     with log.open("wb") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    server = Server(proc, f"http://127.0.0.1:{port}", log)
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
+                                env={**os.environ, "TMPDIR": str(tmp), **(env or {})})  # fmt: skip
+    server = Server(proc, f"http://127.0.0.1:{port}", log, tmp)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"the server exited ({proc.returncode}):\n{log.read_text()[-3000:]}"
@@ -288,7 +295,7 @@ def test_each_fault_gets_its_status_and_one_line_and_the_server_goes_on(server, 
 
     assert_serving(server)
     assert server.count("5") == fives  # never a 500 for any of it
-    assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("sagelm-serve-*/*"))  # no upload left behind
+    assert list(server.tmp.glob("sagelm-serve-*")) and not server.uploads_left()  # no upload left behind
 
 
 # -- load ----------------------------------------------------------------------------------------------------
@@ -406,5 +413,6 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(server, audio_root):
         else:
             assert isinstance(r, httpx.TransportError) or r.status_code == 503, r
     assert server.proc.wait(60) == 0, server.log.read_text()[-2000:]
+    assert not list(server.tmp.glob("sagelm-serve-*"))  # its private upload folder removed
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{server.url}/health", timeout=2)
