@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -195,6 +195,10 @@ def judge(
     api_key_env: ApiKeyEnvOpt = None,
     text_prompt: TextPromptOpt = None,
     concurrency: ConcurrencyOpt = None,
+    ray: Annotated[str | None, typer.Option(metavar="[ADDRESS]", help=(
+        "Judge --data on Ray Data: --ray alone starts a local Ray, --ray auto or HOST:PORT joins a cluster."))] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help=(
+        "--ray: judge actors (default: one per GPU of the cluster, else 1)."))] = None,
 ) -> None:
     """Judge one pair (AUDIO_1 AUDIO_2 --instruction) or a dataset (--data --output)."""
     from sagelm.model import DEFAULT_MODEL
@@ -212,8 +216,14 @@ def judge(
             raise typer.BadParameter("--data judges a file: give no AUDIO files or --instruction")
         if output is None:
             raise typer.BadParameter("--data needs --output OUT.jsonl", param_hint="--output")
+        if ray is not None:
+            _run(lambda: _judge_on_ray(data, output, aspect, model_id, options, both_orders, batch_size, engine,
+                                       ray, workers))  # fmt: skip
+            return
         _run(lambda: _judge_dataset(data, output, aspect, model_id, options, both_orders, batch_size, engine))
         return
+    if ray is not None or workers is not None:
+        raise typer.BadParameter("--ray and --workers judge a dataset: give --data FILE --output OUT.jsonl")
     if not audio or len(audio) != 2 or instruction is None:
         raise typer.BadParameter("give AUDIO_1 AUDIO_2 and --instruction, or --data FILE --output OUT.jsonl")
     _run(lambda: _judge_pair(audio, instruction, aspect, model_id, options, both_orders, batch_size, json_out,
@@ -297,32 +307,21 @@ def _judge_pair(audio, instruction, aspects, model_id, options, both_orders, bat
         stdout.print(_verdict_table(records, f"{audio[0].name} vs {audio[1].name}"))
 
 
-def _dataset_items(pairs, aspects, both_orders) -> Iterator[Any]:
-    from sagelm.data import BadRow
-    from sagelm.judge import plan
-
-    for p in pairs:
-        if isinstance(p, BadRow):
-            yield p
-        else:
-            yield from plan([p], aspects, both_orders)
-
-
 def _judge_dataset(data, output, aspects, model_id, options, both_orders, batch_size, engine=_Engine()) -> None:
     from sagelm.data import BadRow, read_pairs
-    from sagelm.records import Judgment, JudgmentLog, judgment_key
+    from sagelm.records import JudgmentLog
 
     _local_aspects(model_id)
     if output.exists() and output.resolve() == data.resolve():
         raise UserError(f"--output {output} is the --data file; judgments go to a file of their own")
-    items = list(_dataset_items(list(read_pairs(data)), aspects, both_orders))
+    from sagelm.judge import error_record, plan_rows
+
+    items = list(plan_rows(list(read_pairs(data)), aspects, both_orders))
     log = JudgmentLog(output)
     log.warn_if_mixed(model_id, engine.name)
-    decoding = options.as_dict()
 
-    def bad_record(b: BadRow) -> Judgment:
-        key = judgment_key(("", ""), b.error, None, False, model_id, decoding, b.id)
-        return Judgment(id=b.id, aspect=None, error=b.error, model=model_id, key=key)
+    def bad_record(b: BadRow) -> Any:
+        return error_record(b, model_id, options)
 
     # Keys need the audio digests only, not the model: work out what is left before loading it.
     from sagelm.judge import Task, TaskKeys
@@ -718,7 +717,17 @@ def transcribe(
 
 
 def main() -> None:
-    app(args=_debug_first(sys.argv[1:]))
+    app(args=_ray_alone(_debug_first(sys.argv[1:])))
+
+
+def _ray_alone(args: list[str]) -> list[str]:
+    """`--ray` with no address (last, or before another option) means a local Ray: `--ray=local`."""
+    if "--ray" not in args:
+        return args
+    from sagelm.cluster import LOCAL
+
+    return [f"--ray={LOCAL}" if a == "--ray" and (i + 1 == len(args) or args[i + 1].startswith("-")) else a
+            for i, a in enumerate(args)]  # fmt: skip
 
 
 def _debug_first(args: list[str]) -> list[str]:

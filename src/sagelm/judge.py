@@ -11,7 +11,7 @@ from typing import Any
 from sagelm.aspects import SEMANTIC_ASPECTS, get_aspect
 from sagelm.audio import AudioError, ClipCache
 from sagelm.backends import JudgeBackend, RawJudgment, Request, load_backend
-from sagelm.data import Pair
+from sagelm.data import BadRow, Pair
 from sagelm.decoding import DecodingOptions
 from sagelm.model import DEFAULT_MODEL
 from sagelm.records import Judgment, file_digest, judgment_key, model_fingerprint
@@ -37,6 +37,23 @@ def plan(pairs: Iterable[Pair], aspects: Sequence[str] | None = None, both_order
             yield Task(pair, aspect, False)
             if both_orders:
                 yield Task(pair, aspect, True)
+
+
+def plan_rows(
+    rows: Iterable[Pair | BadRow], aspects: Sequence[str] | None = None, both_orders: bool = False
+) -> Iterator[Task | BadRow]:
+    """`plan` over a data file's rows (sagelm.data.read_pairs), each bad row passed through in its place."""
+    for row in rows:
+        if isinstance(row, BadRow):
+            yield row
+        else:
+            yield from plan([row], aspects, both_orders)
+
+
+def error_record(bad: BadRow, model: str, options: DecodingOptions) -> Judgment:
+    """The record of a data row that cannot be judged; its resume key comes from the row id and the error."""
+    key = judgment_key(("", ""), bad.error, None, False, model, options.as_dict(), bad.id)
+    return Judgment(id=bad.id, aspect=None, error=bad.error, model=model, key=key)
 
 
 class TaskKeys:
