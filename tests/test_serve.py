@@ -250,6 +250,7 @@ def test_each_fault_gets_its_status_and_one_line_and_the_server_goes_on(server, 
     assert_refused(httpx.post(url, json={**body(tone, noise), "aspect": "charm"}), 400, "aspect", "charm")
     assert_refused(httpx.post(url, json=body({"data": "x", "path": "y"}, noise)), 400, "exactly one")
     assert_refused(httpx.post(url, json=[1, 2]), 400, "JSON object")
+    assert_refused(httpx.post(url, json={**body(tone, noise), "question": "why? " * 10_000}), 400, "question")
 
     # A 2-hour file (small as FLAC): refused before it is decoded; by path or uploaded.
     assert_refused(httpx.post(url, json=body({"path": "two_hours.flac"}, noise)), 413, "audio_1", "7200 s")

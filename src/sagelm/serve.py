@@ -53,6 +53,8 @@ BASE64_GROWTH = 4 / 3  # base64 writes 4 characters for every 3 bytes
 BODY_SLACK = 64 * 1024  # the question, the aspects and the JSON around the two base64 audios
 MAX_SERVED_SECONDS = 300  # longer audio is refused before decoding (the judge hears only the first 60 s anyway)
 AUDIO_THREADS = max(2, os.cpu_count() or 2)  # clips decoded at once: bounds the memory decoding takes
+MAX_QUESTION_CHARS = 20_000  # a question, not a document: a prompt of this many characters is already ~5k tokens
+MAX_ASPECTS = 16  # aspects in one request (SageLM knows eight; a trained judge may add a few)
 RETRY_AFTER_S = 1  # what a 429/503 tells the client to wait
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -119,9 +121,9 @@ class JudgeBody(BaseModel):
     """POST /v1/judge: one pair, judged on `aspect`, `aspects` or (neither) the four semantic aspects."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    question: str = Field(min_length=1)
+    question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
     aspect: str | None = None
-    aspects: list[str] | None = Field(default=None, min_length=1)
+    aspects: list[str] | None = Field(default=None, min_length=1, max_length=MAX_ASPECTS)
     audio_1: AudioIn
     audio_2: AudioIn
     both_orders: bool = False
