@@ -286,6 +286,12 @@ def test_each_fault_gets_its_status_and_one_line_and_the_server_goes_on(server, 
     assert_refused(httpx.post(url, json=body({"path": "escape.wav"}, noise)), 403, "outside")
     assert_refused(httpx.post(url, json=body({"path": "probes/missing.wav"}, noise)), 400, "no such file")
     assert_refused(httpx.post(url, json=body({"path": "probes"}, noise)), 400, "not a file")
+    assert_refused(httpx.post(url, json=body({"path": "probes/tone.wav\u0000"}, noise)), 400, "NUL")
+    (audio_root / "loop.wav").symlink_to(audio_root / "loop.wav")
+    assert_refused(httpx.post(url, json=body({"path": "loop.wav"}, noise)), 400, "audio_1.path")
+    wrapped = base64.encodebytes((audio_root / "probes" / "tone.wav").read_bytes()).decode()  # 76-column lines
+    r = httpx.post(url, json=body({"data": wrapped}, noise))
+    assert r.status_code == 200 and r.json()["judgments"][0]["verdict"] == "1", r.text
 
     # Clients that leave: half a body, and a whole request whose answer nobody waits for.
     request = json.dumps(body(tone, noise)).encode()

@@ -239,7 +239,11 @@ class AudioReader:
         else:
             assert audio.path is not None
             path = self._resolve(audio.path, name)
-            self._check_size(path.stat().st_size, name)
+            try:
+                size = path.stat().st_size
+            except OSError as e:
+                raise Refusal(400, f"{name}.path {audio.path!r}: {e.strerror or e}") from None
+            self._check_size(size, name)
             label, digest = str(path), file_digest(str(path))
             clip = self._decode(label, name)
         return label, digest, dataclasses.replace(clip, path=label)
@@ -250,8 +254,8 @@ class AudioReader:
 
     def _base64(self, data: str, name: str) -> bytes:
         self._check_size(len(data) * 3 // 4, name)
-        try:
-            raw = base64.b64decode(data, validate=True)
+        try:  # line breaks (as `base64` writes by default) are fine; anything else outside the alphabet is not
+            raw = base64.b64decode("".join(data.split()), validate=True)
         except (binascii.Error, ValueError):
             raise Refusal(400, f"{name}.data is not valid base64") from None
         if not raw:
@@ -261,14 +265,22 @@ class AudioReader:
     def _resolve(self, given: str, name: str) -> Path:
         if not self.roots:
             raise Refusal(403, f"{name}.path: this server takes no paths (start it with --audio-root DIR)")
-        p = Path(given).expanduser()
+        if "\0" in given:
+            raise Refusal(400, f"{name}.path holds a NUL character")
+        p = Path(given)
         for candidate in [p] if p.is_absolute() else [root / p for root in self.roots]:
-            resolved = candidate.resolve()  # `..` and symlinks followed: what is checked is the file that is read
-            if not any(resolved.is_relative_to(root) for root in self.roots):
-                raise Refusal(403, f"{name}.path {given!r} is outside every --audio-root")
-            if resolved.is_file():
-                return resolved
-            if resolved.exists():
+            try:
+                resolved = candidate.resolve()  # `..` and symlinks followed: what is checked is what is read
+                if not any(resolved.is_relative_to(root) for root in self.roots):
+                    raise Refusal(403, f"{name}.path {given!r} is outside every --audio-root")
+                if resolved.is_file():
+                    return resolved
+                exists = resolved.exists()
+            except RuntimeError:  # Path.resolve on Python 3.11-3.12
+                raise Refusal(400, f"{name}.path {given!r}: a symlink loop") from None
+            except OSError as e:  # a symlink loop (3.13), a name too long, no permission
+                raise Refusal(400, f"{name}.path {given!r}: {e.strerror or e}") from None
+            if exists:
                 raise Refusal(400, f"{name}.path {given!r} is not a file")
         raise Refusal(400, f"{name}.path {given!r}: no such file under the --audio-root")
 
