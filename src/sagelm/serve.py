@@ -558,7 +558,8 @@ class _Gate:
             if refusal is not None:
                 await _error_response(refusal.status, refusal.message)(scope, receive, send_status)
             else:
-                await self.app(scope, receive, send_status)
+                limited = _counting(receive, self.service.options.max_body_bytes) if path == JUDGE_PATH else receive
+                await self.app(scope, limited, send_status)
         finally:
             seconds = time.perf_counter() - start
             code = status[0] if status else 500
@@ -571,6 +572,25 @@ class _Gate:
                 "ms": round(1000 * seconds, 1),
                 "client": f"{client[0]}:{client[1]}" if client else None,
             }))  # fmt: skip
+
+
+def _counting(receive: Any, limit: int) -> Any:
+    """`receive` that counts the body as it arrives (one sent without Content-Length, or longer than it said)
+    and stops it past `limit`: an HTTPException(413), which FastAPI passes on to the app's handler."""
+    from starlette.exceptions import HTTPException
+
+    received = 0
+
+    async def counted() -> Any:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise HTTPException(413)
+        return message
+
+    return counted
 
 
 def create_app(service: Service) -> Any:
@@ -598,7 +618,7 @@ def create_app(service: Service) -> Any:
 
     @app.exception_handler(HTTPException)
     async def _http(_: Any, exc: HTTPException) -> Any:
-        if exc.status_code == 413:  # FastAPI's max_body_size, counting a body that came without Content-Length
+        if exc.status_code == 413:  # _counting: a body that came without Content-Length (or lied about it)
             refusal = body_too_large(o)
             return _error_response(refusal.status, refusal.message)
         if exc.status_code == 400:  # FastAPI's "There was an error parsing the body" (e.g. the client left)
@@ -622,7 +642,7 @@ def create_app(service: Service) -> Any:
 
     responses[200] = {"model": JudgeAnswer, "description": "the records, one per aspect and order"}
 
-    @app.post(JUDGE_PATH, max_body_size=o.max_body_bytes, responses=responses, response_model=None)
+    @app.post(JUDGE_PATH, responses=responses, response_model=None)
     async def judge(body: JudgeBody):  # a Response: the records written by jsonout.dumps (NaN -> null)
         """Judge one pair; the answer is `{"judgments": [records as sagelm judge writes them]}`."""
         records = await service.judge(body)
