@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench system-deps learn vllm test-vllm
+.PHONY: demo test lint bench system-deps learn vllm test-vllm bench-vllm
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -72,6 +72,10 @@ VLLM_ENV := VLLM_CPU_KVCACHE_SPACE=1 VLLM_ENABLE_V1_MULTIPROCESSING=0
 test-vllm: $(VLLM_STAMP) system-deps
 	$(VLLM_ENV) $(VLLM_VENV)/bin/python -m pytest -q -m vllm tests/test_backend_vllm.py $(ARGS)
 	$(VLLM_ENV) $(VLLM_VENV)/bin/python -m pytest -q tests/test_judge.py tests/test_prompts.py tests/test_audio.py $(ARGS)
+
+# vLLM ours vs --preset authors vs hf batched, side by side on the CPU (tiny taught judge).
+bench-vllm: $(VLLM_STAMP)
+	$(VLLM_ENV) $(VLLM_VENV)/bin/python benchmarks/bench_vllm.py
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/bench_judge.py

@@ -120,10 +120,18 @@ class HFBackend:
         )
 
     def _first_step_logits(self, inputs: dict[str, Any]) -> Any:
-        """Logits of the first generated token from one forward pass, the LM head on the last position only."""
+        """Logits of the first generated token from one forward pass of the whole thinker (audio merged in, mrope
+        positions from the padding), the LM head on the last position only. Not `thinker.model`: before
+        transformers 5.20 that is the text model alone, which never hears the audio."""
         thinker = self.model.thinker
-        hidden = thinker.model(**inputs, use_cache=False).last_hidden_state[:, -1, :]
-        return thinker.lm_head(hidden).float()
+        head = _last_position_head(thinker.lm_head)
+        thinker.lm_head = head
+        try:
+            thinker(**inputs, use_cache=False)
+        finally:
+            thinker.lm_head = head.inner
+        assert head.first is not None
+        return head.first
 
     @staticmethod
     def _pick(logits: Any, o: DecodingOptions) -> Any:
