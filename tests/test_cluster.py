@@ -121,11 +121,12 @@ def test_a_ray_run_writes_the_records_of_a_plain_run(ray_address, tone_judge_dir
     # sagelm eval reads either file the same way
     ev = [json.loads(run("eval", f, "--json").stdout) for f in (plain, on_ray)]
     assert ev[0]["overall"] == ev[1]["overall"] and ev[0]["overall"]["accuracy"] == 1.0
-    # a rerun finds everything done, in the Ray run's file and in the plain run's, and starts no Ray at all
-    for f in (on_ray, plain):
-        p = run(*_args(data, f, tone_judge_dir, *common, "--ray", ray_address))
-        assert "15 judgments already done, 0 to go" in p.stderr and "Ray:" not in p.stderr
-        assert len(_records(f)) == 15
+    # a rerun of the plain run's file on Ray judges again only the judgment that failed (its audio is missing)
+    p = run(*_args(data, plain, tone_judge_dir, *common, "--ray", ray_address))
+    assert "13 judgments already done, 2 to go" in p.stderr  # its two orders
+    again = _records(plain)[15:]
+    assert sorted((r["id"], r["swapped"], r["error"]) for r in again) == [
+        ("missing", s, f"{tmp_path / 'nope.wav'}: no such file") for s in (False, True)]
 
 
 def test_a_killed_actor_is_replaced_and_every_row_is_judged_once(ray_address, tiny_dir, clips, tmp_path):

@@ -313,14 +313,14 @@ def judge_dataset(
         for item in plan_rows(read_pairs(data), aspects, both_orders):
             planned += 1
             if isinstance(item, BadRow):
-                record = error_record(item, model, options)
-                if record.key not in log.done:
+                record = error_record(item, model, options, backend)
+                if record.key not in log.done and record.key not in log.failed:  # stays until the row changes
                     log.write([record])
                     logger.warning("%s", item.error)
                     written += 1
                     errors += 1
                 continue
-            todo.append(keys(item) not in log.done)
+            todo.append(keys(item) not in log.done)  # a judgment whose record is an error is tried again
         left = sum(todo)
         skipped = planned - written - left
         if skipped:

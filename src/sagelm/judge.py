@@ -50,10 +50,11 @@ def plan_rows(
             yield from plan([row], aspects, both_orders)
 
 
-def error_record(bad: BadRow, model: str, options: DecodingOptions) -> Judgment:
-    """The record of a data row that cannot be judged; its resume key comes from the row id and the error."""
+def error_record(bad: BadRow, model: str, options: DecodingOptions, backend: str = "hf") -> Judgment:
+    """The record of a data row that cannot be judged; its resume key comes from the row id and the error (not the
+    engine: the key is the one such records always had). It names the judge and engine as the others do."""
     key = judgment_key(("", ""), bad.error, None, False, model, options.as_dict(), bad.id)
-    return Judgment(id=bad.id, aspect=None, error=bad.error, model=model, key=key)
+    return Judgment(id=bad.id, aspect=None, error=bad.error, model=model, backend=backend, key=key)
 
 
 class TaskKeys:
