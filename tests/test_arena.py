@@ -303,3 +303,16 @@ def test_the_plan_streams_360k_judgments_without_holding_them():
     assert (t0.aspect, t0.swapped, t1.swapped) == ("helpfulness", False, True)
     one = ArenaPlan(questions[:2], systems[:2], answers, both_orders=False)
     assert [m.system_1 for _, m in one][::4] == ["sys0", "sys1"]  # one order: who goes first alternates
+
+
+def test_a_fifo_among_the_answers_is_reported_not_waited_on(tmp_path):
+    import os
+
+    import soundfile as sf
+
+    from sagelm.arena import _check_answer
+
+    os.mkfifo(tmp_path / "q1.wav")
+    sf.write(str(tmp_path / "q2.wav"), np.full(16000, 0.1, dtype=np.float32), 16000)
+    assert "not a regular file" in _check_answer(str(tmp_path / "q1.wav"), sf).problem
+    assert _check_answer(str(tmp_path / "q2.wav"), sf).duration == 1.0

@@ -193,3 +193,17 @@ def test_digest_of_a_file_up_to_2_mib_is_the_sha256_of_its_bytes_as_before(tmp_p
         data = os.urandom(size)
         (tmp_path / "a.wav").write_bytes(data)
         assert file_digest(str(tmp_path / "a.wav")) == hashlib.sha256(data).hexdigest() == bytes_digest(data)
+
+
+def test_a_failed_judgment_is_tried_again_and_its_new_record_supersedes_the_error(tmp_path):
+    path = tmp_path / "out.jsonl"
+    failed = Judgment(id="a", aspect="honesty", error="a.wav: no such file", key="k1")
+    with JudgmentLog(path) as log:
+        log.write([failed, Judgment(id="b", aspect="honesty", verdict="2", key="k2")])
+    with JudgmentLog(path) as log:
+        assert (log.done, log.failed) == ({"k2"}, {"k1"})
+        log.write([Judgment(id="a", aspect="honesty", verdict="1", key="k1")])
+    with JudgmentLog(path) as log:
+        assert (log.done, log.failed) == ({"k1", "k2"}, set())
+    assert [(json.loads(x)["id"], json.loads(x)["verdict"]) for x in path.read_text().splitlines()] == [
+        ("b", "2"), ("a", "1")]  # fmt: skip

@@ -28,6 +28,7 @@ from sagelm.aspects import SEMANTIC_ASPECTS, UnknownAspectError, get_aspect
 from sagelm.data import Pair
 from sagelm.decoding import DecodingOptions
 from sagelm.errors import SagelmError
+from sagelm.paths import UnusableFile, open_regular
 
 logger = logging.getLogger(__name__)
 
@@ -143,9 +144,12 @@ def find_answers(systems_dir: Path, questions: Sequence[Question]) -> dict[str, 
 
 def _check_answer(path: str, sf: Any) -> Answer:
     try:
-        if os.path.getsize(path) == 0:
-            return Answer(path, problem="empty file")
-        info = sf.info(path)
+        with open_regular(path, "an audio file") as f:  # a FIFO or device is refused, never waited on
+            if os.fstat(f.fileno()).st_size == 0:
+                return Answer(path, problem="empty file")
+            info = sf.info(f)
+    except UnusableFile as e:
+        return Answer(path, problem=str(e))
     except Exception as e:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
         return Answer(path, problem=f"not readable as audio ({detail})")

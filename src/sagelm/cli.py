@@ -321,13 +321,16 @@ def _judge_dataset(data, output, aspects, model_id, options, both_orders, batch_
     log.warn_if_mixed(model_id, engine.name)
 
     def bad_record(b: BadRow) -> Any:
-        return error_record(b, model_id, options)
+        return error_record(b, model_id, options, engine.name)
 
     # Keys need the audio digests only, not the model: work out what is left before loading it.
     from sagelm.judge import Task, TaskKeys
 
     keys = TaskKeys(model_id, options, engine.name)
-    todo = [it for it in items if (bad_record(it).key if isinstance(it, BadRow) else keys(it)) not in log.done]
+    # a bad data row's record stays until the row changes; a judgment that failed is tried again
+    settled = log.done | log.failed
+    todo = [it for it in items if (bad_record(it).key not in settled if isinstance(it, BadRow)
+                                   else keys(it) not in log.done)]  # fmt: skip
     skipped = len(items) - len(todo)
     if skipped:
         logger.info("%s: %d judgments already done, %d to go", output, skipped, len(todo))

@@ -93,7 +93,7 @@ def _clip_problem(audio: str, folder: Path, allow_outside: bool, seen: dict[str,
 
 def _rows(path: Path, allow_outside: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
     """The trainable rows of a data file (as `sagelm train` reads them), in the SageLM JSON columns. A row whose
-    clip cannot be read as audio (missing, NaN, silent, ...) or lies outside the data file's folder is skipped
+    clip cannot be read as audio (missing, NaN, empty, ...) or lies outside the data file's folder is skipped
     with a one-line problem, as training would skip it."""
     samples, problems = read_samples([path])
     folder = path.parent.resolve()

@@ -128,16 +128,18 @@ class JudgmentLogError(SagelmError):
 class JudgmentLog:
     """OUT.jsonl: append-only, one line per judgment, flushed and synced per batch, locked while open.
 
-    Opening an existing file reads the keys already judged so that a rerun skips them. sagelm only appends to a
-    file of its own records: anything else (a data file, a wav, a text file) is refused, never cut or appended
-    to. A torn last line (a run killed mid-write) is cut off, so the file never keeps a broken line; judgments
-    written twice (by runs of older versions side by side) are collapsed to one. An exclusive lock
-    (fcntl.flock) keeps a second process off the file while one writes it.
+    Opening an existing file reads the keys already judged so that a rerun skips them; a judgment whose record
+    is an error (unreadable audio, a failed API call) is tried again, and its later record supersedes it.
+    sagelm only appends to a file of its own records: anything else (a data file, a wav, a text file) is
+    refused, never cut or appended to. A torn last line (a run killed mid-write) is cut off, so the file never
+    keeps a broken line; judgments written twice (by runs of older versions side by side) are collapsed to one.
+    An exclusive lock (fcntl.flock) keeps a second process off the file while one writes it.
     """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.done: set[str] = set()
+        self.done: set[str] = set()  # keys judged (a rerun skips them)
+        self.failed: set[str] = set()  # keys whose only record is an error (a rerun tries them again)
         self.models: set[tuple[str, str]] = set()  # (model, backend) of the records already in the file
         try:
             if self.path.exists() and not self.path.is_file():
@@ -179,30 +181,37 @@ class JudgmentLog:
             text = keep.decode("utf-8")
         except UnicodeDecodeError:
             raise self._refuse("not UTF-8 text (an audio or binary file?)") from None
-        lines: list[str] = []
-        first_line: dict[str, int] = {}
+        kept: dict[str, tuple[int, str, bool]] = {}  # key -> (position, line, judged without error)
+        n_lines = twice = 0
         for n, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
+            n_lines += 1
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 raise self._refuse(f"line {n} is not JSON") from None
             if not isinstance(record, dict) or not {"id", "key", "aspect"} <= record.keys():
                 raise self._refuse(f"line {n} is not a sagelm judgment record")
-            if record["key"] in first_line:
-                continue
-            first_line[record["key"]] = n
-            lines.append(line)
+            key, ok = record["key"], record.get("error") is None
+            earlier = kept.get(key)
+            if earlier is None or not earlier[2]:  # the first judgment stays; an error gives way to what came after
+                kept[key] = (n, line, ok)
+            elif ok:
+                twice += 1
             self.models.add((str(record.get("model")), str(record.get("backend") or "hf")))
-        if not lines and not (text == "" and data.startswith(b'{"id": ')):  # not even our own torn first record
+        if not kept and not (text == "" and data.startswith(b'{"id": ')):  # not even our own torn first record
             raise self._refuse("it holds no judgment records")
-        self.done.update(first_line)
+        self.done.update(k for k, (_, _, ok) in kept.items() if ok)
+        self.failed.update(k for k, (_, _, ok) in kept.items() if not ok)
         if len(keep) != len(data):
             logger.warning("%s: dropping a torn last line left by an interrupted run", self.path)
-        n_lines = sum(1 for x in text.splitlines() if x.strip())
-        if len(lines) != n_lines:
-            logger.warning("%s: %d judgments were written twice; keeping one of each", self.path, n_lines - len(lines))
+        if len(kept) != n_lines:
+            if twice:
+                logger.warning("%s: %d judgments were written twice; keeping one of each", self.path, twice)
+            logger.info("%s: %d records superseded (an error judged again, a duplicate) are dropped", self.path,
+                        n_lines - len(kept))  # fmt: skip
+            lines = [line for _, line, _ in sorted(kept.values(), key=lambda v: v[0])]
             self._rewrite("".join(x + "\n" for x in lines).encode("utf-8"))
         elif len(keep) != len(data):
             self._f.truncate(len(keep))
@@ -235,7 +244,8 @@ class JudgmentLog:
         self._f.write("".join(lines).encode("utf-8"))
         self._f.flush()
         os.fsync(self._f.fileno())
-        self.done.update(r.key for r in records if r.key)
+        self.done.update(r.key for r in records if r.key and r.error is None)
+        self.failed.update(r.key for r in records if r.key and r.error is not None)
 
     def close(self) -> None:
         self._f.close()
