@@ -109,11 +109,14 @@ def test_a_dataset_run_with_faults_bad_rows_and_a_rerun(fruit, cache, tmp_path):
         calls = len(server.requests)
         assert calls == 4 * 8 + 6 * 8 + 3  # judged rows once each, "down" 6 attempts each, "flaky" 3 faults more
 
-        _sagelm(*args, cache=cache)  # a rerun: nothing left to judge, no call made
-        assert len(server.requests) == calls and len(out.read_text().splitlines()) == len(records)
+        _sagelm(*args, cache=cache)  # a rerun tries again only what failed: the row the server never answered
+        assert len(server.requests) == calls + 6 * 8
+        again = [json.loads(x) for x in out.read_text().splitlines()]
+        assert [r for r in again if r["error"] is None] == [r for r in records if r["error"] is None]
+        assert len(again) == len(records) + 2 * 8  # "down" and "missing": new error records that supersede theirs
         out.unlink()  # the same run into a new file: every answer from the response cache
         _sagelm(*args, cache=cache)
-        assert len(server.requests) == calls + 6 * 8  # only the row that never got an answer is asked again
+        assert len(server.requests) == calls + 2 * 6 * 8  # only the row that never got an answer is asked again
 
     scored = json.loads(_sagelm("eval", tmp_path / "out.jsonl", "--json", cache=cache).stdout)
     # scored like SageLM's records: the 4 labelled rows x 4 aspects, each order's verdict agreeing with the label

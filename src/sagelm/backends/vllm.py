@@ -25,8 +25,9 @@ from typing import Any
 from sagelm.audio import SAMPLE_RATE
 from sagelm.backends.base import RawJudgment, Request
 from sagelm.decoding import DecodingOptions
+from sagelm.encoding import encode_prompt
 from sagelm.model import ModelFormatError, load_processor, resolve_checkpoint
-from sagelm.prompts import AUDIO_TOKEN, IM_END, judge_text
+from sagelm.prompts import AUDIO_TOKEN, IM_END, judge_text, markup_in
 from sagelm.verdicts import VERDICTS
 
 logger = logging.getLogger(__name__)
@@ -117,11 +118,13 @@ class VLLMBackend:
             detokenize=False,  # decoded below with the hf engine's tokenizer call, so both write the same text
         )
 
-    @staticmethod
-    def prompt(request: Request) -> dict[str, Any]:
+    def prompt(self, request: Request) -> dict[str, Any]:
+        clips = [(c.samples, SAMPLE_RATE) for c in (request.audio_1, request.audio_2)]
+        if markup_in(request.question):  # a question spelling <|AUDIO|> & co. stays text: our own token ids
+            ids = encode_prompt(self.tokenizer, request.aspect, request.question)
+            return {"prompt_token_ids": ids, "multi_modal_data": {"audio": clips}}
         text = judge_text(request.aspect, request.question)  # one <|AUDIO|> per clip: vLLM expands them
         assert text.count(AUDIO_TOKEN) == CLIPS_PER_PROMPT
-        clips = [(c.samples, SAMPLE_RATE) for c in (request.audio_1, request.audio_2)]
         return {"prompt": text, "multi_modal_data": {"audio": clips}}
 
     def judge(self, requests: Sequence[Request], options: DecodingOptions) -> list[RawJudgment]:
