@@ -80,3 +80,8 @@ bench-vllm: $(VLLM_STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/bench_judge.py
 	$(VENV)/bin/python benchmarks/bench_eval.py
+	$(VENV)/bin/python benchmarks/bench_audio.py
+	$(VENV)/bin/python benchmarks/bench_arena.py
+	$(VENV)/bin/python benchmarks/bench_cascade.py
+	$(VENV)/bin/python benchmarks/bench_serve.py
+	$(VENV)/bin/python benchmarks/bench_cluster.py
