@@ -101,11 +101,11 @@ def write_checkpoint(folder: Path, smoke: bool) -> Path:
 
 
 def speech_like(seconds: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * SR)) / SR
-    f0 = 120 + 60 * np.sin(2 * np.pi * 0.5 * t)
-    x = np.sin(2 * np.pi * np.cumsum(f0) / SR) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)) * 0.4
-    return (x + 0.02 * rng.standard_normal(len(t))).astype(np.float32)
+    """bench_judge's synthetic voice (a gliding, amplitude-modulated tone with a little noise)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_judge import speech_like as voice
+
+    return voice(seconds, seed)
 
 
 def requests(n: int, seconds: float) -> list:
