@@ -292,7 +292,7 @@ def judge_plan(plan: ArenaPlan, path: Path, config: ArenaConfig, progress: Calla
     total = len(plan)
     todo = np.zeros(total, dtype=bool)
     for i, (task, _) in enumerate(plan):
-        todo[i] = keys(task) not in log.done
+        todo[i] = log.to_do(keys(task))
     left = int(todo.sum())
     if total - left:
         logger.info("%s: %d of %d judgments already done, %d to go", path, total - left, total, left)

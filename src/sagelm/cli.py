@@ -309,11 +309,10 @@ def _judge_pair(audio, instruction, aspects, model_id, options, both_orders, bat
 
 def _judge_dataset(data, output, aspects, model_id, options, both_orders, batch_size, engine=_Engine()) -> None:
     from sagelm.data import BadRow, read_pairs
-    from sagelm.records import JudgmentLog
+    from sagelm.records import JudgmentLog, refuse_output_over_data
 
     _local_aspects(model_id)
-    if output.exists() and output.resolve() == data.resolve():
-        raise UserError(f"--output {output} is the --data file; judgments go to a file of their own")
+    refuse_output_over_data(output, data)
     from sagelm.judge import error_record, plan_rows
 
     items = list(plan_rows(list(read_pairs(data)), aspects, both_orders))
@@ -327,10 +326,8 @@ def _judge_dataset(data, output, aspects, model_id, options, both_orders, batch_
     from sagelm.judge import Task, TaskKeys
 
     keys = TaskKeys(model_id, options, engine.name)
-    # a bad data row's record stays until the row changes; a judgment that failed is tried again
-    settled = log.done | log.failed
-    todo = [it for it in items if (bad_record(it).key not in settled if isinstance(it, BadRow)
-                                   else keys(it) not in log.done)]  # fmt: skip
+    todo = [it for it in items if (log.to_do(bad_record(it).key, bad_row=True) if isinstance(it, BadRow)
+                                   else log.to_do(keys(it)))]  # fmt: skip
     skipped = len(items) - len(todo)
     if skipped:
         logger.info("%s: %d judgments already done, %d to go", output, skipped, len(todo))

@@ -294,14 +294,13 @@ def judge_dataset(
     from sagelm.arena import _progress_none
     from sagelm.data import BadRow, read_pairs
     from sagelm.judge import TaskKeys, error_record, plan_rows
-    from sagelm.records import JudgmentLog
+    from sagelm.records import JudgmentLog, refuse_output_over_data
 
     ray = _import_ray()
     data, output = Path(data), Path(output)
     settings = settings or {}
     _register_aspects(model)
-    if output.exists() and output.resolve() == data.resolve():
-        raise ClusterError(f"--output {output} is the --data file; judgments go to a file of their own")
+    refuse_output_over_data(output, data)
     stamp = _stamp(data) if data.is_file() else (0, 0)
     log = JudgmentLog(output)
     with log:
@@ -314,13 +313,13 @@ def judge_dataset(
             planned += 1
             if isinstance(item, BadRow):
                 record = error_record(item, model, options, backend)
-                if record.key not in log.done and record.key not in log.failed:  # stays until the row changes
+                if log.to_do(record.key, bad_row=True):
                     log.write([record])
                     logger.warning("%s", item.error)
                     written += 1
                     errors += 1
                 continue
-            todo.append(keys(item) not in log.done)  # a judgment whose record is an error is tried again
+            todo.append(log.to_do(keys(item)))
         left = sum(todo)
         skipped = planned - written - left
         if skipped:

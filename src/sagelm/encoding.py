@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sagelm.audio import Clip, log_mel_batch
-from sagelm.prompts import judge_segments, judge_text
+from sagelm.prompts import judge_segments, judge_text, markup_in
 
 IGNORE_INDEX = -100  # label of tokens that carry no loss
 
@@ -31,7 +31,7 @@ def encode_prompt(tokenizer: Any, aspect: str, question: str, audio_tokens: Sequ
     keeps it as plain text: that segment is encoded with special tokens split, so the prompt always holds
     exactly the template's two audio spans. Any other question is encoded with the whole text, as trained."""
     before, q, after = judge_segments(aspect, question, audio_tokens)
-    if not any(t in q for t in tokenizer.added_tokens_encoder):
+    if markup_in(q) is None:
         return tokenizer.encode(before + q + after, add_special_tokens=False)
     return (tokenizer.encode(before, add_special_tokens=False)
             + tokenizer.encode(q, add_special_tokens=False, split_special_tokens=True)

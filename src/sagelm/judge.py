@@ -159,14 +159,14 @@ class Judge:
     def record(self, task: Task, raw: RawJudgment, warning: str | None = None) -> Judgment:
         """The record of `task` from what the engine made of it: verdict parsed, rationale split, and a swapped
         task's verdict and probabilities mapped back to the original numbering."""
+        extra = _extra_fields(raw, task.swapped)
+        if raw.error is not None:
+            return self._record(task, error=raw.error, warning=warning, **extra)
         verdict = raw.first_verdict if self.options.verdict_only else parse_verdict(raw.text)
         rationale = None if self.options.verdict_only else split_rationale(raw.text)
         probs = raw.probabilities
         if task.swapped:
             verdict, probs = swap_verdict(verdict), (swap_probabilities(probs) if probs is not None else None)
-        extra = _extra_fields(raw, task.swapped)
-        if raw.error is not None:
-            return self._record(task, error=raw.error, warning=warning, **extra)
         return self._record(
             task, verdict=verdict, probabilities=probs, rationale=rationale, raw=raw.text,
             new_tokens=raw.new_tokens, warning=warning, **extra,
@@ -200,12 +200,8 @@ def _extra_fields(raw: RawJudgment, swapped: bool) -> dict[str, Any]:
 
 def _warning(request: Request) -> str | None:
     """What the log should know about what the judge heard (a silent response, a cut one), per response."""
-    notes = []
-    for n, clip in enumerate((request.audio_1, request.audio_2), start=1):
-        w = getattr(clip, "warning", None)
-        if w:
-            notes.append(f"audio {n}: {w}")
-    return "; ".join(notes) or None
+    clips = (request.audio_1, request.audio_2)
+    return "; ".join(f"audio {n}: {c.warning}" for n, c in enumerate(clips, start=1) if c.warning) or None
 
 
 def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

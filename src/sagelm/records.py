@@ -125,6 +125,12 @@ class JudgmentLogError(SagelmError):
     """An --output that sagelm must not write to: not its own records, not a regular file, or in use."""
 
 
+def refuse_output_over_data(output: Path, data: Path) -> None:
+    """--output naming the --data file itself is refused before anything is read or written."""
+    if output.exists() and output.resolve() == data.resolve():
+        raise JudgmentLogError(f"--output {output} is the --data file; judgments go to a file of their own")
+
+
 class JudgmentLog:
     """OUT.jsonl: append-only, one line per judgment, flushed and synced per batch, locked while open.
 
@@ -227,6 +233,11 @@ class JudgmentLog:
         old, self._f = self._f, self.path.open("a+b")
         self._lock()
         old.close()
+
+    def to_do(self, key: str, bad_row: bool = False) -> bool:
+        """Whether the judgment `key` is still to be made on a rerun: not judged yet, or judged only with an error
+        (tried again), except a bad data row's record, which stays until the row changes (and its key with it)."""
+        return key not in self.done and not (bad_row and key in self.failed)
 
     def warn_if_mixed(self, model: str, backend: str = "hf") -> None:
         """Say so when the file already holds another judge's (or engine's) records: `sagelm eval` then needs

@@ -7,7 +7,8 @@ of a 7B judge with 152k-word vocabulary over ~3,000 prompt positions would other
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from sagelm.backends.base import RawJudgment, Request
@@ -17,9 +18,11 @@ from sagelm.model import JudgeModel, load_judge_model
 from sagelm.verdicts import VERDICTS
 
 
-def _last_position_head(lm_head: Any) -> Any:
-    """`lm_head` applied to the last position only, remembering the logits of its first call (the prefill,
-    i.e. the first decoding step) before any sampling warper touches them."""
+@contextmanager
+def _last_position_head(thinker: Any) -> Iterator[Any]:
+    """`thinker.lm_head` applied to the last position only while the block runs; the object yielded remembers,
+    in `.first`, the logits of the head's first call (the prefill, i.e. the first decoding step) before any
+    sampling warper touches them."""
     import torch
 
     class LastPositionHead(torch.nn.Module):
@@ -34,7 +37,13 @@ def _last_position_head(lm_head: Any) -> Any:
                 self.first = logits[:, -1, :].float()
             return logits
 
-    return LastPositionHead(lm_head)
+    head = LastPositionHead(thinker.lm_head)
+    thinker.lm_head = head
+    try:
+        yield head
+    finally:
+        thinker.lm_head = head.inner
+    assert head.first is not None
 
 
 class HFBackend:
@@ -95,13 +104,8 @@ class HFBackend:
 
     def _generate(self, inputs: dict[str, Any], options: DecodingOptions) -> tuple[Any, list[list[int]]]:
         thinker = self.model.thinker
-        head = _last_position_head(thinker.lm_head)
-        thinker.lm_head = head
-        try:
+        with _last_position_head(thinker) as head:
             sequences = thinker.generate(**inputs, generation_config=self._generation_config(options))
-        finally:
-            thinker.lm_head = head.inner
-        assert head.first is not None
         return head.first, sequences[:, inputs["input_ids"].shape[1] :].tolist()
 
     def _generation_config(self, o: DecodingOptions) -> Any:
@@ -124,13 +128,8 @@ class HFBackend:
         positions from the padding), the LM head on the last position only. Not `thinker.model`: before
         transformers 5.20 that is the text model alone, which never hears the audio."""
         thinker = self.model.thinker
-        head = _last_position_head(thinker.lm_head)
-        thinker.lm_head = head
-        try:
+        with _last_position_head(thinker) as head:
             thinker(**inputs, use_cache=False)
-        finally:
-            thinker.lm_head = head.inner
-        assert head.first is not None
         return head.first
 
     @staticmethod
