@@ -15,7 +15,8 @@ from chat_server import ChatServer
 from conftest import REPO
 
 from sagelm import synth
-from sagelm.asr import cache_root, embedded_model_dir
+from sagelm.asr import embedded_model_dir
+from sagelm.cache import cache_root
 from sagelm.judge import Judge
 from sagelm.prompts import SYSTEM_PROMPT, instruction_prompt
 

@@ -195,6 +195,59 @@ def test_digest_of_a_file_up_to_2_mib_is_the_sha256_of_its_bytes_as_before(tmp_p
         assert file_digest(str(tmp_path / "a.wav")) == hashlib.sha256(data).hexdigest() == bytes_digest(data)
 
 
+def test_digest_cache_remembers_a_file_by_its_stat_and_misses_on_any_change(tmp_path):
+    """A rerun stats the clips instead of reading them: the digest comes from the cache entry of the file's stat
+    (a planted entry proves it is not read), and a rewrite of the same size, even with its old modification
+    time put back, misses (the change time moved) and is hashed anew."""
+    import os
+
+    from sagelm.records import DigestCache, file_digest
+
+    clip = tmp_path / "a.wav"
+    clip.write_bytes(os.urandom(300_000))
+    cache = DigestCache(tmp_path / "cache", racy_s=0)
+    first = cache(str(clip))
+    assert first == file_digest(str(clip))
+    (entry,) = (tmp_path / "cache").rglob("*.json")
+    entry.write_text('{"digest": "planted"}')
+    assert DigestCache(tmp_path / "cache", racy_s=0)(str(clip)) == "planted"  # a new process: from the stat alone
+    old = clip.stat()
+    clip.write_bytes(os.urandom(300_000))
+    os.utime(clip, ns=(old.st_atime_ns, old.st_mtime_ns))
+    assert cache(str(clip)) == file_digest(str(clip)) != first
+    assert cache(str(tmp_path / "missing.wav")) == f"unreadable:{tmp_path / 'missing.wav'}"
+    assert len(list((tmp_path / "cache").rglob("*.json"))) == 2  # the missing file is not remembered
+
+
+def test_digest_cache_does_not_remember_a_file_changed_just_now(tmp_path):
+    """Within the file system's timestamp tick a second change would keep the stat: a fresh file is hashed each
+    time until it is DIGEST_RACY_S old."""
+    import os
+
+    from sagelm.records import DigestCache, file_digest
+
+    clip = tmp_path / "a.wav"
+    clip.write_bytes(os.urandom(1000))
+    assert DigestCache(tmp_path / "cache")(str(clip)) == file_digest(str(clip))
+    assert not list((tmp_path / "cache").rglob("*.json"))
+
+
+def test_digest_cache_that_cannot_be_written_warns_once_and_digests_go_on(tmp_path, caplog):
+    import os
+
+    from sagelm.records import DigestCache, file_digest
+
+    (tmp_path / "cache").write_text("a file where the cache folder would be")
+    cache = DigestCache(tmp_path / "cache", racy_s=0)
+    clips = [tmp_path / f"{i}.wav" for i in range(3)]
+    for c in clips:
+        c.write_bytes(os.urandom(1000))
+    with caplog.at_level("WARNING"):
+        assert [cache(str(c)) for c in clips] == [file_digest(str(c)) for c in clips]
+    warned = [r.getMessage() for r in caplog.records if "digest cache" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith(f"cannot write the audio digest cache in {tmp_path / 'cache'}")
+
+
 def test_a_failed_judgment_is_tried_again_and_its_new_record_supersedes_the_error(tmp_path):
     path = tmp_path / "out.jsonl"
     failed = Judgment(id="a", aspect="honesty", error="a.wav: no such file", key="k1")

@@ -26,12 +26,11 @@ from typing import Any
 import numpy as np
 
 from sagelm.audio import SAMPLE_RATE, Clip
+from sagelm.cache import DiskCache, cache_root
 from sagelm.errors import SagelmError
-from sagelm.jsonout import dumps
 
 logger = logging.getLogger(__name__)
 
-CACHE_ENV = "SAGELM_CACHE"  # sagelm's user cache folder (default: $XDG_CACHE_HOME/sagelm, else ~/.cache/sagelm)
 DEFAULT_ASR = "base"
 
 
@@ -57,14 +56,6 @@ EMBEDDED: dict[str, EmbeddedModel] = {
     # The small packages (-1 and -2, 1.0.0) hold two 90 MiB halves and no config or tokenizer: not a whole model.
 }
 MODEL_FILES = ("config.json", "tokenizer.json", "vocabulary.json")  # besides model.bin, what faster-whisper reads
-
-
-def cache_root() -> Path:
-    """sagelm's user cache folder: $SAGELM_CACHE, else $XDG_CACHE_HOME/sagelm, else ~/.cache/sagelm."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "sagelm"
 
 
 def _data_dir(package: str) -> Path:
@@ -164,6 +155,7 @@ class Transcriber:
         self.settings = settings
         self.path, self.identity = resolve_model(settings.model)
         self.cache_dir = (cache_dir or cache_root() / "transcripts") if use_disk else None
+        self._disk = DiskCache(self.cache_dir, "transcript cache") if self.cache_dir is not None else None
         self._memory: dict[str, Transcript] = {}
         self._model: Any = None
         self._lock = threading.Lock()
@@ -228,21 +220,13 @@ class Transcriber:
         return Transcript(text=text, seconds=round(seconds, 3), original_seconds=round(clip.original_seconds, 3))
 
     def _read_disk(self, key: str) -> Transcript | None:
-        if self.cache_dir is None:
-            return None
+        data = self._disk.get(key) if self._disk is not None else None
         try:
-            data = json.loads((self.cache_dir / f"{key}.json").read_text(encoding="utf-8"))
-            return Transcript(str(data["text"]), float(data["seconds"]), float(data["original_seconds"]))
-        except (OSError, ValueError, KeyError, TypeError):
+            return None if data is None else Transcript(str(data["text"]), float(data["seconds"]),
+                                                        float(data["original_seconds"]))  # fmt: skip
+        except (ValueError, KeyError, TypeError):
             return None
 
     def _write_disk(self, key: str, t: Transcript) -> None:
-        if self.cache_dir is None:
-            return
-        try:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.cache_dir / f".{key}.{os.getpid()}.tmp"
-            tmp.write_text(dumps(asdict(t), ensure_ascii=False), encoding="utf-8")
-            os.replace(tmp, self.cache_dir / f"{key}.json")
-        except OSError as e:
-            logger.warning("cannot write the transcript cache in %s (%s); going on without it", self.cache_dir, e)
+        if self._disk is not None:
+            self._disk.put(key, asdict(t))

@@ -14,7 +14,7 @@ from sagelm.backends import JudgeBackend, RawJudgment, Request, load_backend
 from sagelm.data import BadRow, Pair
 from sagelm.decoding import DecodingOptions
 from sagelm.model import DEFAULT_MODEL
-from sagelm.records import Judgment, file_digest, judgment_key, model_fingerprint
+from sagelm.records import DigestCache, Judgment, judgment_key, model_fingerprint
 from sagelm.verdicts import parse_verdict, split_rationale, swap_probabilities, swap_verdict
 
 logger = logging.getLogger(__name__)
@@ -65,10 +65,11 @@ class TaskKeys:
         self.decoding = options.as_dict()
         self.backend = backend
         self._digests: dict[str, str] = {}
+        self._remembered = DigestCache()
 
     def _digest(self, path: str) -> str:
         if path not in self._digests:
-            self._digests[path] = file_digest(path)
+            self._digests[path] = self._remembered(path)
         return self._digests[path]
 
     def __call__(self, task: Task) -> str:

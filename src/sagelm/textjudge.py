@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sagelm.cache import DiskCache
 from sagelm.errors import SagelmError
-from sagelm.jsonout import dumps
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +128,8 @@ class ChatClient:
         self.calls = 0
         self.cache_hits = 0
         self.without_logprobs = False  # set once the server refuses logprobs/top_logprobs
+        d = settings.cache_dir
+        self._cache = DiskCache(d, "response cache") if d is not None else None
 
     def close(self) -> None:
         self._http.close()
@@ -137,31 +139,19 @@ class ChatClient:
         payload = json.dumps({"url": self.settings.endpoint, "body": body}, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(payload.encode()).hexdigest()[:40]
 
-    def _cache_path(self, key: str) -> Path | None:
-        d = self.settings.cache_dir
-        return None if d is None else d / key[:2] / f"{key}.json"
-
     def _cached(self, key: str) -> ChatResult | None:
-        path = self._cache_path(key)
-        if path is None or not path.is_file():
+        data = self._cache.get(key) if self._cache is not None else None
+        if data is None:
             return None
         try:
-            r = parse_completion(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError):
+            r = parse_completion(data)
+        except ValueError:
             return None
         return ChatResult(r.text, r.top_logprobs, r.usage, cached=True)
 
     def _store(self, key: str, data: dict[str, Any]) -> None:
-        path = self._cache_path(key)
-        if path is None:
-            return
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-            tmp.write_text(dumps(data, ensure_ascii=False), encoding="utf-8")
-            os.replace(tmp, path)
-        except OSError as e:
-            logger.warning("cannot write the response cache in %s (%s); going on without it", path.parent, e)
+        if self._cache is not None:
+            self._cache.put(key, data)
 
     # -- calls ----------------------------------------------------------------------------------------------
     def complete(self, body: dict[str, Any]) -> ChatResult:

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sagelm.asr import DEFAULT_ASR, AsrSettings, Transcriber, cache_root
+from sagelm.asr import DEFAULT_ASR, AsrSettings, Transcriber
 from sagelm.backends.base import RawJudgment, Request
+from sagelm.cache import cache_root
 from sagelm.decoding import DecodingOptions
 from sagelm.errors import SagelmError
 from sagelm.model import DEFAULT_MODEL
