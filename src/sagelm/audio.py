@@ -145,6 +145,14 @@ def load_audio(path: str | Path) -> Clip:
     return Clip(path=str(p), samples=samples, original_seconds=original_seconds, warning="; ".join(warnings) or None)
 
 
+def padded_samples(clips: Sequence[Clip]) -> int:
+    """Samples the longest of `clips` is padded to for the STFT: its frames plus one window of trailing zeros.
+
+    On every valid frame this gives the values the stock processor's padding to 300 s gives (no frame sees
+    reflection padding), for a fraction of the STFT."""
+    return max(c.n_frames for c in clips) * HOP_LENGTH + N_FFT
+
+
 def log_mel_batch(clips: Sequence[Clip], feature_extractor: Any) -> tuple[np.ndarray, np.ndarray]:
     """Whisper log-mel features of `clips`, padded to the longest clip of the batch (not to 300 s).
 
@@ -154,8 +162,7 @@ def log_mel_batch(clips: Sequence[Clip], feature_extractor: Any) -> tuple[np.nda
     """
     lengths = [c.n_frames for c in clips]
     longest = max(lengths)
-    padded_len = longest * HOP_LENGTH + N_FFT
-    batch = np.zeros((len(clips), padded_len), dtype=np.float32)
+    batch = np.zeros((len(clips), padded_samples(clips)), dtype=np.float32)
     for i, c in enumerate(clips):
         batch[i, : len(c.samples)] = c.samples
     out = feature_extractor(
