@@ -70,7 +70,7 @@ vllm: $(VLLM_STAMP)
 # The vLLM tests plus the engine-independent judge, prompt and audio tests, on the vLLM env's transformers.
 VLLM_ENV := VLLM_CPU_KVCACHE_SPACE=1 VLLM_ENABLE_V1_MULTIPROCESSING=0
 test-vllm: $(VLLM_STAMP) system-deps
-	$(VLLM_ENV) $(VLLM_VENV)/bin/python -m pytest -q -m vllm tests/test_backend_vllm.py $(ARGS)
+	$(VLLM_ENV) $(VLLM_VENV)/bin/python -m pytest -q -m vllm tests/test_backend_vllm.py tests/test_serve.py $(ARGS)
 	$(VLLM_ENV) $(VLLM_VENV)/bin/python -m pytest -q tests/test_judge.py tests/test_prompts.py tests/test_audio.py $(ARGS)
 
 # vLLM ours vs --preset authors vs hf batched, side by side on the CPU (tiny taught judge).

@@ -117,6 +117,19 @@ def tone_judge_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def full_judge_dir(tmp_path_factory) -> Path:
+    """The tone judge with head_dim 32 (vLLM's CPU attention rejects 16), saved as a full Qwen2.5-Omni checkpoint
+    (what vLLM needs). $SAGELM_VLLM_TEST_JUDGE names one already taught (teach_tone_judge, layout "full"), for
+    quick reruns."""
+    from sagelm.tiny import TinySpec
+
+    if os.environ.get("SAGELM_VLLM_TEST_JUDGE"):
+        return Path(os.environ["SAGELM_VLLM_TEST_JUDGE"])
+    spec = TinySpec(hidden_size=64, heads=2, kv_heads=1)  # head_dim 32, mrope_section [4, 6, 6]
+    return teach_tone_judge(tmp_path_factory.mktemp("vllm") / "full", spec=spec, layout="full")
+
+
+@pytest.fixture(scope="session")
 def position_judge_dir(tmp_path_factory) -> Path:
     """A tiny judge that says "1" whatever it hears (it learns that in a few dozen steps)."""
     return teach_tone_judge(tmp_path_factory.mktemp("position") / "judge", steps=30, always="1")

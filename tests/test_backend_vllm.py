@@ -1,6 +1,7 @@
 """The vLLM engine against the hf engine on one taught tiny full checkpoint (run in .venv-vllm: `make test-vllm`).
 
-One vLLM engine per module (it takes ~20-40 s to start); the hf engine loads the same folder. The largest
+One vLLM engine per module (it takes ~20-40 s to start); the hf engine loads the same folder (conftest:
+full_judge_dir, shared with the vLLM server's tests). The largest
 hf-vs-vLLM probability difference is logged (pytest -s, or -o log_cli=true) for the README.
 """
 
@@ -15,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TONE_QUESTION, teach_tone_judge
+from conftest import TONE_QUESTION
 
 from sagelm.data import Pair
 from sagelm.decoding import DecodingOptions, preset
@@ -35,19 +36,6 @@ logger = logging.getLogger(__name__)
 PROB_TOLERANCE = 1e-3  # hf vs vLLM first-step probabilities (vLLM's audio tower runs without flash-attn here)
 GREEDY = DecodingOptions(max_new_tokens=16)
 PAIRS = [("tone", "noise"), ("noise_short", "tone_long"), ("tone_long", "noise"), ("noise", "tone")]
-
-
-@pytest.fixture(scope="module")
-def full_judge_dir(tmp_path_factory) -> Path:
-    """The tone judge with head_dim 32 (vLLM's CPU attention rejects 16), saved as a full Qwen2.5-Omni checkpoint.
-    $SAGELM_VLLM_TEST_JUDGE names one already taught (conftest.teach_tone_judge, layout "full"), for quick reruns."""
-    from sagelm.tiny import TinySpec
-
-    if os.environ.get("SAGELM_VLLM_TEST_JUDGE"):
-        return Path(os.environ["SAGELM_VLLM_TEST_JUDGE"])
-
-    spec = TinySpec(hidden_size=64, heads=2, kv_heads=1)  # head_dim 32, mrope_section [4, 6, 6]
-    return teach_tone_judge(tmp_path_factory.mktemp("vllm") / "full", spec=spec, layout="full")
 
 
 @pytest.fixture(scope="module")

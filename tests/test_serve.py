@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib.util
 import json
 import os
 import re
@@ -423,3 +424,70 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(server, audio_root):
     assert not list(server.tmp.glob("sagelm-serve-*"))  # its private upload folder removed
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{server.url}/health", timeout=2)
+
+
+# -- the vLLM engine: its async engine batching requests as they arrive (run by `make test-vllm`) ---------------
+needs_vllm = pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None, reason="vLLM is not installed here: `make test-vllm` runs these"
+)
+VLLM_QUEUE = 16
+
+
+@pytest.fixture(scope="module")
+def vllm_server(full_judge_dir, audio_root, tmp_path_factory):
+    log = tmp_path_factory.mktemp("serve-log") / "vllm.log"
+    s = start_server(full_judge_dir, log, "--backend", "vllm", "--audio-root", str(audio_root), "--max-queue",
+                     str(VLLM_QUEUE), env={"VLLM_CPU_KVCACHE_SPACE": "1"})  # fmt: skip
+    yield s
+    stop_server(s)
+
+
+@pytest.mark.vllm
+@needs_vllm
+def test_vllm_server_under_load_a_flood_and_sigterm(vllm_server, audio_root):
+    s = vllm_server
+    fives = s.count("5")  # the 503s /health answered while the engine was starting
+    health = httpx.get(f"{s.url}/health").json()
+    assert health == {"status": "ok", "model": health["model"], "backend": "vllm"}
+    r = httpx.post(f"{s.url}/v1/judge", json=body({"path": "probes/tone.wav"}, {"path": "probes/noise.wav"},
+                                                  both_orders=True), timeout=120)  # fmt: skip
+    assert r.status_code == 200, r.text
+    served = r.json()["judgments"]
+    assert [(j["verdict"], j["swapped"], j["backend"]) for j in served] == [("1", False, "vllm"), ("1", True, "vllm")]
+    assert served[1]["raw"].startswith("2") and abs(sum(served[0]["probabilities"].values()) - 1) < 1e-6
+
+    # As many clients as the queue holds, 10 s: every answer 200 and right (paths, uploads, verdict-only).
+    stats = asyncio.run(_load(s, probe_requests(audio_root), 10, VLLM_QUEUE))
+    assert set(stats["status"]) == {200} and stats["wrong"] == 0 and stats["ok"] >= VLLM_QUEUE, stats
+
+    # A flood beyond the queue: 429 for what does not fit, the rest judged right.
+    payload = body({"path": "probes/noise.wav"}, {"path": "probes/tone_long.wav"}, aspects=["helpfulness", "honesty"])
+
+    async def flood() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=s.url, timeout=120) as http:
+            return await asyncio.gather(*(http.post("/v1/judge", json=payload) for _ in range(40)))
+
+    answers = asyncio.run(flood())
+    codes = [r.status_code for r in answers]
+    assert set(codes) == {200, 429} and codes.count(200) >= VLLM_QUEUE // 2, codes
+    for r in answers:
+        if r.status_code == 429:
+            assert_refused(r, 429, "queue is full")
+        else:
+            assert [j["verdict"] for j in r.json()["judgments"]] == ["2", "2"]
+    assert s.count("5") == fives
+
+    # SIGTERM with requests in the engine: they are answered, then the server exits 0.
+    async def in_flight() -> list[httpx.Response | BaseException]:
+        async with httpx.AsyncClient(base_url=s.url, timeout=120) as http:
+            posts = [asyncio.ensure_future(http.post("/v1/judge", json=payload)) for _ in range(6)]
+            await asyncio.sleep(0.3)
+            s.proc.send_signal(signal.SIGTERM)
+            return await asyncio.gather(*posts, return_exceptions=True)
+
+    answers = asyncio.run(in_flight())
+    done = [r for r in answers if isinstance(r, httpx.Response) and r.status_code == 200]
+    assert done, answers
+    for r in done:
+        assert [j["verdict"] for j in r.json()["judgments"]] == ["2", "2"]
+    assert s.proc.wait(120) == 0, s.log.read_text()[-3000:]

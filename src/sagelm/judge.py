@@ -10,7 +10,7 @@ from typing import Any
 
 from sagelm.aspects import SEMANTIC_ASPECTS, get_aspect
 from sagelm.audio import AudioError, ClipCache
-from sagelm.backends import JudgeBackend, RawJudgment, Request, load_backend
+from sagelm.backends import AsyncJudgeBackend, JudgeBackend, RawJudgment, Request, load_backend
 from sagelm.data import BadRow, Pair
 from sagelm.decoding import DecodingOptions
 from sagelm.model import DEFAULT_MODEL
@@ -90,7 +90,7 @@ class Judge:
 
     def __init__(
         self,
-        backend: JudgeBackend,
+        backend: JudgeBackend | AsyncJudgeBackend,  # an async one only prepares and records (sagelm serve)
         options: DecodingOptions = DecodingOptions(),
         keys: TaskKeys | None = None,
         clips: ClipCache | None = None,
@@ -157,9 +157,18 @@ class Judge:
             a1, a2 = a2, a1
         return Request(task.aspect, task.pair.question, a1, a2, seed=self.options.seed)
 
-    def record(self, task: Task, raw: RawJudgment, warning: str | None = None) -> Judgment:
-        """The record of `task` from what the engine made of it: verdict parsed, rationale split, and a swapped
-        task's verdict and probabilities mapped back to the original numbering."""
+    def prepare(self, task: Task) -> Request | Judgment:
+        """The prompt of `task`, or its error record when its audio or row cannot be prompted."""
+        try:
+            return self.request(task)
+        except (AudioError, ValueError) as e:
+            return self._record(task, error=str(e))
+
+    def record(self, task: Task, request: Request, raw: RawJudgment) -> Judgment:
+        """The record of `task` from what the engine made of its `request`: verdict parsed, rationale split, a
+        swapped task's verdict and probabilities mapped back to the original numbering, what the judge heard
+        (a silent or cut response) as the warning."""
+        warning = _warning(request)
         extra = _extra_fields(raw, task.swapped)
         if raw.error is not None:
             return self._record(task, error=raw.error, warning=warning, **extra)
@@ -175,18 +184,14 @@ class Judge:
 
     def judge_chunk(self, tasks: Sequence[Task]) -> list[Judgment]:
         """One engine call for `tasks`; tasks that cannot be prompted get error records instead."""
-        records: dict[int, Judgment] = {}
-        ready: list[tuple[int, Request]] = []
-        for i, t in enumerate(tasks):
-            try:
-                ready.append((i, self.request(t)))
-            except (AudioError, ValueError) as e:
-                records[i] = self._record(t, error=str(e))
+        prepared = [self.prepare(t) for t in tasks]
+        ready = [(i, p) for i, p in enumerate(prepared) if isinstance(p, Request)]
+        records = [p if isinstance(p, Judgment) else None for p in prepared]
         if ready:
             outputs = self.backend.judge([r for _, r in ready], self.options)
             for (i, req), raw in zip(ready, outputs, strict=True):
-                records[i] = self.record(tasks[i], raw, _warning(req))
-        return [records[i] for i in range(len(tasks))]
+                records[i] = self.record(tasks[i], req, raw)
+        return records  # type: ignore[return-value]  # every None was filled above
 
 
 def _extra_fields(raw: RawJudgment, swapped: bool) -> dict[str, Any]:

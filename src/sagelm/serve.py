@@ -2,7 +2,9 @@
 
 One worker thread owns the engine: it loads the model (the server answers 503 meanwhile), then takes up to
 `max_batch_size` queued tasks at a time, waiting at most `max_wait_ms` after the oldest one for more, and judges
-them with `Judge.judge_chunk`, so records are those of `sagelm judge`. The event loop only validates requests,
+them with `Judge.judge_chunk`, so records are those of `sagelm judge`. An engine that batches for itself as
+requests arrive (vLLM's async engine: continuous batching) gets each task at once instead (`Streamer`), and
+its records are made by the same `Judge.prepare` and `Judge.record`. The event loop only validates requests,
 hands audio decoding to a small thread pool and awaits futures; it never runs the model. The queue is bounded
 (`max_queue` tasks): a request that does not fit is answered 429 at once instead of waiting.
 
@@ -38,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sagelm.aspects import get_aspect
 from sagelm.audio import AudioError, Clip, load_audio
+from sagelm.backends import batches_for_itself
 from sagelm.data import Pair
 from sagelm.decoding import DecodingOptions
 from sagelm.jsonout import dumps
@@ -356,8 +359,8 @@ class Batcher:
         self._thread = threading.Thread(target=self._work, name="sagelm-engine", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        """Let the worker finish what is queued, then end (call from a thread: it waits)."""
+    def _stop(self) -> None:
+        """Let the worker finish what is queued, then end (from a thread: it waits)."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
@@ -378,6 +381,11 @@ class Batcher:
             self._cond.notify()
         return [it.future for it in items]
 
+    async def stop(self) -> None:
+        import anyio
+
+        await anyio.to_thread.run_sync(self._stop)
+
     # -- the worker thread --
     def _load(self) -> dict[bool, Judge]:
         from sagelm.backends import load_backend
@@ -385,12 +393,7 @@ class Batcher:
         o = self.options
         backend = load_backend(o.backend, o.model, options=o.decoding, **o.engine_settings)
         self.model_name = backend.model_name
-        judges = {}
-        for verdict_only in (False, True):  # one engine, two decodings: each request picks
-            options = o.decoding.replace(verdict_only=verdict_only)
-            keys = _HeldKeys(self.held, backend.model_name, options, backend.name)
-            judges[verdict_only] = Judge(backend, options, keys=keys, clips=self.held)
-        return judges
+        return _judges(backend, o.decoding, self.held)
 
     def _work(self) -> None:
         try:
@@ -442,6 +445,16 @@ class Batcher:
         self._loop.call_soon_threadsafe(_settle, batch, records, error)
 
 
+def _judges(backend: Any, decoding: DecodingOptions, held: HeldAudio) -> dict[bool, Judge]:
+    """One engine, two decodings (each request picks verdict-only or not), resume keys from the held audio."""
+    judges = {}
+    for verdict_only in (False, True):
+        options = decoding.replace(verdict_only=verdict_only)
+        keys = _HeldKeys(held, backend.model_name, options, backend.name)
+        judges[verdict_only] = Judge(backend, options, keys=keys, clips=held)
+    return judges
+
+
 def _settle(batch: list[_Item], records: list[Any], error: BaseException | None) -> None:
     for it, record in zip(batch, records, strict=True):
         if it.future.done():  # its request is gone
@@ -452,9 +465,85 @@ def _settle(batch: list[_Item], records: list[Any], error: BaseException | None)
             it.future.set_result(record)
 
 
+class Streamer:
+    """For an engine that batches requests as they arrive (vLLM's async engine, continuous batching): each task
+    goes to it at once, on the event loop, and it schedules them. At most `max_queue` tasks are in the engine at
+    a time (429 beyond); `max_batch_size` and `max_wait_ms` are the engine's business here (`--max-num-seqs`)."""
+
+    def __init__(self, options: ServeOptions, held: HeldAudio, metrics: Metrics, on_fatal: Callable[[], None]):
+        self.options = options
+        self.held = held
+        self.metrics = metrics
+        self.on_fatal = on_fatal
+        self.ready = asyncio.Event()
+        self.load_error: BaseException | None = None
+        self.model_name: str | None = None
+        self._backend: Any = None
+        self._judges: dict[bool, Judge] = {}
+        self._loading: asyncio.Task | None = None
+        self._in_engine: set[asyncio.Task] = set()
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loading = loop.create_task(self._load())
+
+    async def _load(self) -> None:
+        import anyio
+
+        from sagelm.backends import load_async_backend
+
+        o = self.options
+        try:  # the engine starts in a thread (it blocks until its core is up): the server answers 503 meanwhile
+            self._backend = await anyio.to_thread.run_sync(
+                lambda: load_async_backend(o.backend, o.model, options=o.decoding, **o.engine_settings)
+            )
+        except BaseException as e:  # reported by the command once the server is down
+            self.load_error = e
+            self.on_fatal()
+            return
+        self.model_name = self._backend.model_name
+        self._judges = _judges(self._backend, o.decoding, self.held)
+        logger.info("judge %s loaded on %s (async engine); serving", self.model_name, o.backend)
+        self.ready.set()
+
+    def submit(self, tasks: Sequence[Task], verdict_only: bool) -> list[asyncio.Future]:
+        """Hand `tasks` to the engine (all or none); a Refusal(429) when they do not fit."""
+        if len(self._in_engine) + len(tasks) > self.options.max_queue:
+            raise Refusal(429, f"the queue is full ({len(self._in_engine)} of {self.options.max_queue} judgments "
+                               "in the engine); retry later")  # fmt: skip
+        judge = self._judges[verdict_only]
+        futures = [asyncio.ensure_future(self._judge_one(judge, t)) for t in tasks]
+        for f in futures:  # a cancelled request's tasks are cancelled with it: vLLM aborts them
+            self._in_engine.add(f)
+            f.add_done_callback(self._done)
+        self.metrics.queue_depth.set(len(self._in_engine))
+        return futures
+
+    def _done(self, future: asyncio.Future) -> None:
+        self._in_engine.discard(future)  # type: ignore[arg-type]
+        self.metrics.queue_depth.set(len(self._in_engine))
+
+    async def _judge_one(self, judge: Judge, task: Task) -> Judgment:
+        prepared = judge.prepare(task)
+        if isinstance(prepared, Judgment):
+            return prepared
+        raw = await self._backend.judge_one(prepared, judge.options)
+        self.metrics.judgments.inc()
+        return judge.record(task, prepared, raw)
+
+    async def stop(self) -> None:
+        """Let the tasks in the engine finish, then shut it down."""
+        if self._loading is not None and not self._loading.done():
+            self._loading.cancel()
+        if self._in_engine:
+            await asyncio.wait(set(self._in_engine))
+        if self._backend is not None:
+            self._backend.close()
+
+
 # -- the service: what the routes call -----------------------------------------------------------------------
 class Service:
-    """The server's state: loading, serving or draining; the batcher; audio in flight; metrics."""
+    """The server's state: loading, serving or draining; the engine (batched here, or batching for itself);
+    audio in flight; metrics."""
 
     def __init__(self, options: ServeOptions):
         self.options = options
@@ -464,12 +553,13 @@ class Service:
         self.tmp_dir = Path(tempfile.mkdtemp(prefix="sagelm-serve-"))  # private (0700), removed at shutdown
         self.reader = AudioReader(options, self.tmp_dir)
         self.on_fatal: Callable[[], None] = lambda: None
-        self.batcher = Batcher(options, self.held, self.metrics, lambda: self.on_fatal())
+        engine = Streamer if batches_for_itself(options.backend) else Batcher
+        self.engine: Batcher | Streamer = engine(options, self.held, self.metrics, lambda: self.on_fatal())
         self._limiter: Any = None
 
     @property
     def ready(self) -> bool:
-        return self.batcher.ready.is_set()
+        return self.engine.ready.is_set()
 
     def status(self) -> str:
         return "draining" if self.draining else "ok" if self.ready else "loading"
@@ -494,12 +584,10 @@ class Service:
         import anyio
 
         self._limiter = anyio.CapacityLimiter(AUDIO_THREADS)
-        self.batcher.start(asyncio.get_running_loop())
+        self.engine.start(asyncio.get_running_loop())
 
     async def stop(self) -> None:
-        import anyio
-
-        await anyio.to_thread.run_sync(self.batcher.stop)
+        await self.engine.stop()
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
     async def judge(self, body: JudgeBody) -> list[Judgment]:
@@ -514,7 +602,7 @@ class Service:
                 )
                 self.held.hold(label, clip, digest)
                 labels.append(label)
-            futures = self.batcher.submit(body.tasks(*labels), body.verdict_only)
+            futures = self.engine.submit(body.tasks(*labels), body.verdict_only)
             return list(await asyncio.gather(*futures))
         finally:
             for label in labels:
@@ -652,7 +740,7 @@ def create_app(service: Service) -> Any:
     @app.get("/health", response_model=None)
     async def health():
         status = service.status()
-        payload = {"status": status, "model": service.batcher.model_name or o.model, "backend": o.backend}
+        payload = {"status": status, "model": service.engine.model_name or o.model, "backend": o.backend}
         return Response(dumps(payload), status_code=200 if status == "ok" else 503, media_type="application/json")
 
     @app.get("/metrics", response_model=None)
@@ -710,5 +798,5 @@ def serve(options: ServeOptions) -> None:
         server.run()
     finally:
         shutil.rmtree(service.tmp_dir, ignore_errors=True)
-    if service.batcher.load_error is not None:
-        raise service.batcher.load_error
+    if service.engine.load_error is not None:
+        raise service.engine.load_error

@@ -10,10 +10,13 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
-from sagelm.backends.base import JudgeBackend, RawJudgment, Request
+from sagelm.backends.base import AsyncJudgeBackend, JudgeBackend, RawJudgment, Request
 from sagelm.errors import SagelmError
 
-__all__ = ["BACKENDS", "BackendUnavailableError", "JudgeBackend", "RawJudgment", "Request", "load_backend"]
+__all__ = [
+    "BACKENDS", "AsyncJudgeBackend", "BackendUnavailableError", "JudgeBackend", "RawJudgment", "Request",
+    "batches_for_itself", "load_async_backend", "load_backend",
+]  # fmt: skip
 
 
 class BackendUnavailableError(SagelmError):
@@ -26,16 +29,18 @@ class BackendEntry:
     cls: str  # its JudgeBackend class, with a `load(model, **settings)` classmethod
     extra: str  # the pip extra that installs what it needs
     requires: tuple[str, ...]  # top-level modules that must import
+    async_cls: str | None = None  # its AsyncJudgeBackend class, if the engine batches requests as they arrive
 
 
 BACKENDS: dict[str, BackendEntry] = {
     "hf": BackendEntry("sagelm.backends.hf", "HFBackend", "model", ("torch", "transformers")),
-    "vllm": BackendEntry("sagelm.backends.vllm", "VLLMBackend", "vllm", ("vllm",)),
+    "vllm": BackendEntry("sagelm.backends.vllm", "VLLMBackend", "vllm", ("vllm",), async_cls="AsyncVLLMBackend"),
     "cascade": BackendEntry("sagelm.backends.cascade", "CascadeBackend", "cascade", ("faster_whisper", "httpx")),
 }
 
 
-def backend_class(name: str) -> type:
+def _entry(name: str) -> BackendEntry:
+    """Engine `name`'s entry, once the libraries it needs are known to import."""
     try:
         entry = BACKENDS[name]
     except KeyError:
@@ -47,6 +52,11 @@ def backend_class(name: str) -> type:
             raise BackendUnavailableError(
                 f"the {name} backend needs {module} ({e.msg}); install it with: pip install 'sagelm[{entry.extra}]'"
             ) from None
+    return entry
+
+
+def backend_class(name: str) -> type:
+    entry = _entry(name)
     return getattr(importlib.import_module(entry.module), entry.cls)
 
 
@@ -54,3 +64,17 @@ def load_backend(name: str, model: str, **settings: Any) -> JudgeBackend:
     """The engine `name` with `model` loaded; `settings` are the engine's own (device, max_num_seqs, ...);
     settings another engine takes are ignored (a `None` value means "the engine's default")."""
     return backend_class(name).load(model, **settings)
+
+
+def batches_for_itself(name: str) -> bool:
+    """Whether engine `name` has an async form that batches requests as they arrive (see load_async_backend)."""
+    entry = BACKENDS.get(name)
+    return entry is not None and entry.async_cls is not None
+
+
+def load_async_backend(name: str, model: str, **settings: Any) -> AsyncJudgeBackend | None:
+    """Engine `name`'s async form with `model` loaded, or None if it has none (the caller batches for it)."""
+    entry = _entry(name)
+    if entry.async_cls is None:
+        return None
+    return getattr(importlib.import_module(entry.module), entry.async_cls).load(model, **settings)

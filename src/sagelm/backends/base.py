@@ -50,3 +50,16 @@ class JudgeBackend(Protocol):
     def judge(self, requests: Sequence[Request], options: DecodingOptions) -> list[RawJudgment]: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class AsyncJudgeBackend(Protocol):
+    """An engine that batches for itself as requests arrive (vLLM's continuous batching): `sagelm serve` hands
+    it each request as it comes instead of gathering batches for it."""
+
+    name: str
+    model_name: str
+
+    async def judge_one(self, request: Request, options: DecodingOptions) -> RawJudgment: ...
+
+    def close(self) -> None: ...

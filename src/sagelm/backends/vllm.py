@@ -15,6 +15,7 @@ vLLM's 92 % of the machine's memory, and the engine runs in this process, eager,
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -37,13 +38,12 @@ CPU_KV_CACHE_GIB = 4  # a 7B judge's fp32 KV cache of ~9k tokens (3 prompts of 6
 GREEDY_TEMPERATURE = 0.0  # vLLM's greedy decoding
 
 
-class VLLMBackend:
-    """`JudgeBackend` on vLLM's offline engine."""
+class _VLLMPrompts:
+    """What both vLLM engines share: the prompt and sampling parameters of a Request, and its RawJudgment."""
 
     name = "vllm"
 
-    def __init__(self, llm: Any, model_name: str, tokenizer: Any):
-        self.llm = llm
+    def __init__(self, model_name: str, tokenizer: Any):
         self.model_name = model_name
         self.tokenizer = tokenizer
         self.im_end_id: int = tokenizer.convert_tokens_to_ids(IM_END)
@@ -51,56 +51,6 @@ class VLLMBackend:
         if len(set(first_ids)) != len(first_ids):
             raise ModelFormatError(f"{model_name}: verdicts 1/2/Tie do not start with distinct tokens")
         self.verdict_token_ids: dict[str, int] = dict(zip(VERDICTS, first_ids, strict=True))
-
-    @classmethod
-    def load(
-        cls,
-        model: str,
-        *,
-        max_num_seqs: int | None = None,
-        gpu_memory_utilization: float | None = None,
-        tensor_parallel_size: int | None = None,
-        max_model_len: int | None = None,
-        load_format: str | None = None,
-        options: DecodingOptions | None = None,
-        **_: Any,
-    ) -> VLLMBackend:
-        """`model` (hub id or full Qwen2.5-Omni folder) on vLLM; None settings are vLLM's defaults.
-        `device` is vLLM's own choice (its build decides CPU or GPU) and is ignored, as other engines' settings are;
-        `load_format="dummy"` gives random weights from the config alone (benchmarks/bench_gpu.py)."""
-        path = resolve_checkpoint(model)
-        _check_full_checkpoint(path)
-        tokenizer, _ = load_processor(path)  # the same tokenizer files, read the way the hf engine reads them
-        from vllm.platforms import current_platform
-
-        on_cpu = current_platform.is_cpu()
-        if on_cpu:  # before the engine starts: vLLM reads these when it builds its CPU worker
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(CPU_KV_CACHE_GIB))
-            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        from vllm import LLM
-
-        engine: dict[str, Any] = dict(
-            max_num_seqs=max_num_seqs,
-            gpu_memory_utilization=gpu_memory_utilization,
-            tensor_parallel_size=tensor_parallel_size,
-            max_model_len=max_model_len,
-            load_format=load_format,
-            seed=options.seed if options is not None else None,
-        )
-        engine = {k: v for k, v in engine.items() if v is not None}
-        if on_cpu:
-            engine.update(enforce_eager=True, dtype="float32")
-        logger.info("starting vLLM on %s (%s)", path, engine)
-        llm = LLM(
-            model=str(path),
-            tokenizer=str(path),
-            limit_mm_per_prompt={"audio": CLIPS_PER_PROMPT, "image": 0, "video": 0},
-            **engine,
-        )
-        return cls(llm, model, tokenizer)
-
-    def close(self) -> None:
-        self.llm = None
 
     def sampling_params(self, request: Request, options: DecodingOptions) -> Any:
         from vllm import SamplingParams
@@ -132,15 +82,7 @@ class VLLMBackend:
         assert text.count(AUDIO_TOKEN) == CLIPS_PER_PROMPT
         return {"prompt": text, **audio}
 
-    def judge(self, requests: Sequence[Request], options: DecodingOptions) -> list[RawJudgment]:
-        if not requests:
-            return []
-        outputs = self.llm.generate(
-            [self.prompt(r) for r in requests], [self.sampling_params(r, options) for r in requests], use_tqdm=False
-        )
-        return [self._raw(out.outputs[0]) for out in outputs]
-
-    def _raw(self, completion: Any) -> RawJudgment:
+    def raw(self, completion: Any) -> RawJudgment:
         row = list(completion.token_ids)
         n_new = len(row)
         if self.im_end_id in row:
@@ -168,6 +110,108 @@ class VLLMBackend:
         w = [math.exp(x - top) for x in lp]
         total = sum(w)
         return {v: x / total for v, x in zip(VERDICTS, w, strict=True)}
+
+
+
+class VLLMBackend(_VLLMPrompts):
+    """`JudgeBackend` on vLLM's offline engine (`LLM`): each call's prompts batched by vLLM's scheduler."""
+
+    def __init__(self, llm: Any, model_name: str, tokenizer: Any):
+        super().__init__(model_name, tokenizer)
+        self.llm = llm
+
+    @classmethod
+    def load(cls, model: str, **settings: Any) -> VLLMBackend:
+        """`model` (hub id or full Qwen2.5-Omni folder) on vLLM; see `engine_arguments` for `settings`."""
+        path, tokenizer, engine = engine_arguments(model, **settings)
+        from vllm import LLM
+
+        logger.info("starting vLLM on %s (%s)", path, engine)
+        return cls(LLM(**engine), model, tokenizer)
+
+    def close(self) -> None:
+        self.llm = None
+
+    def judge(self, requests: Sequence[Request], options: DecodingOptions) -> list[RawJudgment]:
+        if not requests:
+            return []
+        outputs = self.llm.generate(
+            [self.prompt(r) for r in requests], [self.sampling_params(r, options) for r in requests], use_tqdm=False
+        )
+        return [self.raw(out.outputs[0]) for out in outputs]
+
+
+class AsyncVLLMBackend(_VLLMPrompts):
+    """`AsyncJudgeBackend` on vLLM's async engine (`AsyncLLM`, its engine core in a process of its own): each
+    request joins the running batch as soon as it arrives (continuous batching), as `sagelm serve` wants."""
+
+    def __init__(self, engine: Any, model_name: str, tokenizer: Any):
+        super().__init__(model_name, tokenizer)
+        self.engine = engine
+        self._ids = itertools.count()
+
+    @classmethod
+    def load(cls, model: str, **settings: Any) -> AsyncVLLMBackend:
+        """As `VLLMBackend.load`; blocks until the engine core is up (call it from a thread in a server)."""
+        path, tokenizer, engine = engine_arguments(model, **settings)
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        logger.info("starting vLLM's async engine on %s (%s)", path, engine)
+        return cls(AsyncLLM.from_engine_args(AsyncEngineArgs(**engine)), model, tokenizer)
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.shutdown()
+            self.engine = None
+
+    async def judge_one(self, request: Request, options: DecodingOptions) -> RawJudgment:
+        final = None
+        async for out in self.engine.generate(
+            self.prompt(request), self.sampling_params(request, options), f"sagelm-{next(self._ids)}"
+        ):
+            final = out
+        assert final is not None and final.finished
+        return self.raw(final.outputs[0])
+
+
+def engine_arguments(
+    model: str,
+    *,
+    max_num_seqs: int | None = None,
+    gpu_memory_utilization: float | None = None,
+    tensor_parallel_size: int | None = None,
+    max_model_len: int | None = None,
+    load_format: str | None = None,
+    options: DecodingOptions | None = None,
+    **_: Any,
+) -> tuple[Path, Any, dict[str, Any]]:
+    """The checkpoint folder, its tokenizer and vLLM's engine arguments for `model` (hub id or full
+    Qwen2.5-Omni folder); None settings are vLLM's defaults. `device` is vLLM's own choice (its build decides
+    CPU or GPU) and is ignored, as other engines' settings are; `load_format="dummy"` gives random weights from
+    the config alone (benchmarks/bench_gpu.py)."""
+    path = resolve_checkpoint(model)
+    _check_full_checkpoint(path)
+    tokenizer, _ = load_processor(path)  # the same tokenizer files, read the way the hf engine reads them
+    from vllm.platforms import current_platform
+
+    on_cpu = current_platform.is_cpu()
+    if on_cpu:  # before the engine starts: vLLM reads these when it builds its CPU worker
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(CPU_KV_CACHE_GIB))
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    engine: dict[str, Any] = dict(
+        max_num_seqs=max_num_seqs,
+        gpu_memory_utilization=gpu_memory_utilization,
+        tensor_parallel_size=tensor_parallel_size,
+        max_model_len=max_model_len,
+        load_format=load_format,
+        seed=options.seed if options is not None else None,
+    )
+    engine = {k: v for k, v in engine.items() if v is not None}
+    if on_cpu:
+        engine.update(enforce_eager=True, dtype="float32")
+    limits = {"audio": CLIPS_PER_PROMPT, "image": 0, "video": 0}
+    return path, tokenizer, dict(model=str(path), tokenizer=str(path), limit_mm_per_prompt=limits, **engine)
 
 
 def _check_full_checkpoint(path: Path) -> None:
