@@ -339,11 +339,19 @@ class _Item:
 class Batcher:
     """A bounded queue of tasks and the worker thread that owns the engine and judges them in batches."""
 
-    def __init__(self, options: ServeOptions, held: HeldAudio, metrics: Metrics, on_fatal: Callable[[], None]):
+    def __init__(
+        self,
+        options: ServeOptions,
+        held: HeldAudio,
+        metrics: Metrics,
+        on_fatal: Callable[[], None],
+        arriving: Callable[[], int] = lambda: 1,
+    ):
         self.options = options
         self.held = held
         self.metrics = metrics
         self.on_fatal = on_fatal
+        self.arriving = arriving  # requests on their way to the queue: with none, waiting for more only costs
         self.max_wait = options.max_wait_ms / 1000
         self.ready = threading.Event()
         self.load_error: BaseException | None = None
@@ -412,7 +420,8 @@ class Batcher:
             judges[False].close()
 
     def _take(self) -> list[_Item] | None:
-        """Up to max_batch_size queued items of one decoding, waiting at most max_wait after the oldest."""
+        """Up to max_batch_size queued items of one decoding, waiting at most max_wait after the oldest while other
+        requests are on their way."""
         size = self.options.max_batch_size
         with self._cond:
             while not self._queue:
@@ -422,6 +431,8 @@ class Batcher:
             mode = self._queue[0].verdict_only
             deadline = self._queue[0].enqueued + self.max_wait
             while sum(1 for it in self._queue if it.verdict_only == mode) < size and not self._stopping:
+                if self.arriving() == 0:  # a lone client: nothing else is coming to batch with
+                    break
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -553,8 +564,13 @@ class Service:
         self.tmp_dir = Path(tempfile.mkdtemp(prefix="sagelm-serve-"))  # private (0700), removed at shutdown
         self.reader = AudioReader(options, self.tmp_dir)
         self.on_fatal: Callable[[], None] = lambda: None
-        engine = Streamer if batches_for_itself(options.backend) else Batcher
-        self.engine: Batcher | Streamer = engine(options, self.held, self.metrics, lambda: self.on_fatal())
+        self.arriving = 0  # judge requests accepted whose tasks are not queued yet (their audio is being read)
+        fatal = lambda: self.on_fatal()  # noqa: E731 (set by serve() once the server exists)
+        self.engine: Batcher | Streamer = (
+            Streamer(options, self.held, self.metrics, fatal)
+            if batches_for_itself(options.backend)
+            else Batcher(options, self.held, self.metrics, fatal, arriving=lambda: self.arriving)
+        )
         self._limiter: Any = None
 
     @property
@@ -595,6 +611,8 @@ class Service:
 
         labels: list[str] = []
         self.metrics.in_flight.inc()
+        self.arriving += 1
+        arrived = False
         try:
             for name in ("audio_1", "audio_2"):
                 label, digest, clip = await anyio.to_thread.run_sync(
@@ -602,9 +620,13 @@ class Service:
                 )
                 self.held.hold(label, clip, digest)
                 labels.append(label)
+            self.arriving -= 1  # before submit: the batcher, woken by it, must not wait for this one
+            arrived = True
             futures = self.engine.submit(body.tasks(*labels), body.verdict_only)
             return list(await asyncio.gather(*futures))
         finally:
+            if not arrived:
+                self.arriving -= 1
             for label in labels:
                 self.held.release(label)
             self.metrics.in_flight.dec()
