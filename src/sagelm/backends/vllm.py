@@ -1,4 +1,6 @@
-"""The vLLM engine: vLLM's offline `LLM`, batched by vLLM's own scheduler.
+"""The vLLM engines: vLLM's offline `LLM`, batched by vLLM's own scheduler (`VLLMBackend`, for `sagelm judge`),
+and its async engine, each request joining the running batch as it arrives (`AsyncVLLMBackend`, for
+`sagelm serve`). Both build prompts and read answers the same way (`_VLLMPrompts`).
 
 The judge hears exactly what it hears on the hf engine: the same chat text (`sagelm.prompts.judge_text`
 with one `<|AUDIO|>` per clip, which vLLM's Qwen2.5-Omni processor expands) and our own decoded 16 kHz
@@ -10,7 +12,8 @@ vLLM needs a full Qwen2.5-Omni checkpoint (its registry knows `Qwen2_5OmniModel`
 training saves it, is refused with the `sagelm merge` command that makes a full one.
 
 On a CPU build of vLLM, `VLLM_CPU_KVCACHE_SPACE` (GiB) defaults here to `CPU_KV_CACHE_GIB` rather than
-vLLM's 92 % of the machine's memory, and the engine runs in this process, eager, in float32.
+vLLM's 92 % of the machine's memory, and the engine runs eager, in float32 (the offline one in this process;
+the async one's core always in a process of its own).
 """
 
 from __future__ import annotations
@@ -110,7 +113,6 @@ class _VLLMPrompts:
         w = [math.exp(x - top) for x in lp]
         total = sum(w)
         return {v: x / total for v, x in zip(VERDICTS, w, strict=True)}
-
 
 
 class VLLMBackend(_VLLMPrompts):
