@@ -215,6 +215,52 @@ def test_reading_beside_the_reference_in_a_second_process_gives_the_same_report(
         scoring.evaluate([tmp_path / "missing.jsonl"], ref)
 
 
+def test_the_reference_is_read_row_by_row_never_held_whole(tmp_path, monkeypatch):
+    # issue 9 item 11: a 400,000-row reference parsed whole took 1.25x the authors' memory; reading it row by
+    # row, only its labels, groups and pairs stay, so the peak is a small part of the file however long it is
+    import tracemalloc
+
+    from sagelm import jsonlist, scoring
+
+    aspects = ["helpfulness", "honesty", "instruction_following", "truthfulness"]
+    n = 3000
+    ref = [_ref_row(aspects[i % 4], f"question {i} " + "words " * 400, "12T"[i % 3].replace("T", "Tie"),
+                    [f"a{i}.wav", f"b{i}.wav"]) for i in range(n)]  # fmt: skip
+    (tmp_path / "ref.json").write_text(json.dumps(ref))
+    size = (tmp_path / "ref.json").stat().st_size
+    preds = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "", "predict": "1\nok", "label": ""}] * n)
+    monkeypatch.setattr(jsonlist, "CHUNK_BYTES", 2**18)
+    tracemalloc.start()
+    try:
+        got = scoring.evaluate([preds], tmp_path / "ref.json")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert size > 7e6 and peak < size / 4, (size, peak)
+    assert got["overall"]["n"] == n and got["overall"]["accuracy"] == pytest.approx(1 / 3, abs=1e-3)
+    assert sorted(got["groups"]) == sorted(aspects)
+    official = scoring.evaluate_official([preds], tmp_path / "ref.json")  # the authors' view keeps the text
+    assert official["overall"]["accuracy"] == pytest.approx(1 / 3, abs=1e-3)
+
+
+def test_a_broken_reference_is_named_with_the_row(tmp_path):
+    ok = [_ref_row("honesty", "Q", "1", ["a", "b"])] * 3
+    preds = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "", "predict": "1", "label": ""}] * 3)
+    cases = {
+        "cut.json": (json.dumps(ok)[:-40], r"cut\.json: not valid JSON \(item 2: "),
+        "obj.json": (json.dumps({"rows": ok}), r"obj\.json: expected a JSON list of rows, not a JSON object$"),
+        "empty.json": ("", r"empty\.json: expected a JSON list of rows, not a JSON empty file$"),
+        "tail.json": (json.dumps(ok) + " {}", r"tail\.json: not valid JSON \(after the list's 3 items: more data\)"),
+    }
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ScoringError, match=message):
+            evaluate([preds], tmp_path / name)
+    (tmp_path / "latin.json").write_bytes(json.dumps(ok).replace("Q", "caf\u00e9").encode("latin-1"))
+    with pytest.raises(ScoringError, match=r"latin\.json: not UTF-8 text$"):
+        evaluate([preds], tmp_path / "latin.json")
+
+
 # -- bad records, duplicates, several judges (issue 9: items 12, 13, 14, 15, 21) ----------------------------------
 def test_duplicate_ids_are_refused_by_name_never_blended(tmp_path):
     # one (id, aspect, order) with two different records: the label of one must not meet the verdict of the other

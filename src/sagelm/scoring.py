@@ -17,7 +17,7 @@ import re
 import stat
 import zlib
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +29,7 @@ import numpy as np
 from pydantic import ConfigDict, StrictBool, StrictInt, StrictStr, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
+from sagelm import jsonlist
 from sagelm import metrics as M
 from sagelm.aspects import ASPECTS
 from sagelm.errors import SagelmError
@@ -452,52 +453,81 @@ def _no_gc() -> Iterator[None]:
 
 
 def read_reference(path: str | Path) -> list[RefRow]:
+    """The reference rows whole (the official scripts need their text)."""
     with _no_gc():
-        return _read_reference(Path(path))
+        return list(_reference_rows(Path(path)))
 
 
-def _read_reference(path: Path) -> list[RefRow]:
+@dataclass
+class Reference:
+    """The reference rows reduced to what scoring needs, column by column: a few bytes per row, however long
+    the questions (the text of a 400,000-row reference is never held)."""
+
+    label: np.ndarray  # int8 code, NO_LABEL when the row has none
+    group: np.ndarray  # int16 index into `names`
+    split: np.ndarray  # int16 index into `names` ("" for none)
+    cluster: np.ndarray  # int64: rows of the same pair share it; meaningful where `has_audios`
+    has_audios: np.ndarray  # bool
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+
+def read_reference_columns(path: str | Path) -> Reference:
+    label, group, split, cluster, has_audios = array("b"), array("h"), array("h"), array("q"), array("b")
+    codes = _GroupCodes()
+    with _no_gc():
+        for instruction, output, audios in _reference_rows(Path(path)):
+            code = label_of(output)
+            label.append(NO_LABEL if code is None else M.CODE[code])
+            g, s = codes(find_aspect(instruction), audios)
+            group.append(g)
+            split.append(s)
+            cluster.append(hash(audios) if audios else 0)
+            has_audios.append(bool(audios))
+    return Reference(np.frombuffer(label, np.int8), np.frombuffer(group, np.int16), np.frombuffer(split, np.int16),
+                     np.frombuffer(cluster, np.int64), np.frombuffer(has_audios, np.int8).astype(bool),
+                     list(codes.names))  # fmt: skip
+
+
+def _reference_rows(path: Path) -> Iterator[RefRow]:
+    """The rows of a reference JSON list (gzip or plain), checked and read one at a time."""
     _check_file(path, "reference")
-    data = path.read_bytes()
     try:
-        if data[:2] == b"\x1f\x8b":
-            data = gzip.decompress(data)
-        rows = json.loads(data)
-    except (OSError, EOFError, zlib.error) as e:
-        raise ScoringError(f"{path}: cannot read it as gzip ({e})") from None
+        with _open(path) as f:
+            for i, r in enumerate(jsonlist.items(f)):
+                if type(r) is not dict or type(r.get("instruction")) is not str:
+                    raise ScoringError(f"{path} row {i}: needs an 'instruction' string")
+                output, audios = r.get("output", ...), r.get("audios") or ()
+                if output is ...:
+                    raise ScoringError(f"{path} row {i}: needs 'output'")
+                if output is not None and type(output) is not str:
+                    raise ScoringError(f"{path} row {i}: 'output' must be a string, not {json.dumps(output)[:40]}")
+                if type(audios) is not list or not all(type(a) is str for a in audios):
+                    raise ScoringError(f"{path} row {i}: 'audios' must be a list of paths")
+                yield RefRow(r["instruction"], output or "", tuple(audios))
+    except jsonlist.NotAList as e:
+        raise ScoringError(f"{path}: expected a JSON list of rows, not a JSON {e}") from None
+    except jsonlist.Invalid as e:
+        raise ScoringError(f"{path}: not valid JSON ({e})") from None
     except UnicodeDecodeError:
         raise ScoringError(f"{path}: not UTF-8 text") from None
-    except json.JSONDecodeError as e:
-        raise ScoringError(f"{path}: not valid JSON ({e})") from None
-    del data
-    if not isinstance(rows, list):
-        raise ScoringError(f"{path}: expected a JSON list of rows, not a JSON {type(rows).__name__}")
-    out = []
-    for i, r in enumerate(rows):
-        if type(r) is not dict or type(r.get("instruction")) is not str:
-            raise ScoringError(f"{path} row {i}: needs an 'instruction' string")
-        output, audios = r.get("output", ...), r.get("audios") or ()
-        if output is ...:
-            raise ScoringError(f"{path} row {i}: needs 'output'")
-        if output is not None and type(output) is not str:
-            raise ScoringError(f"{path} row {i}: 'output' must be a string, not {json.dumps(output)[:40]}")
-        if type(audios) is not list or not all(type(a) is str for a in audios):
-            raise ScoringError(f"{path} row {i}: 'audios' must be a list of paths")
-        out.append(RefRow(r["instruction"], output or "", tuple(audios)))
-    return out
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise ScoringError(f"{path}: cannot read it as gzip ({e})") from None
+    except OSError as e:
+        raise ScoringError(f"{path}: cannot read the reference file ({e.strerror or e})") from None
 
 
-def attach_reference(units: Judgments, refs: list[RefRow], pred_path: Path, ref_path: Path) -> None:
+def attach_reference(units: Judgments, ref: Reference, pred_path: Path, ref_path: Path) -> None:
     """Labels, groups and pairs from the reference rows, paired with the judgments by order."""
-    if len(units) != len(refs):
-        raise ScoringError(f"{pred_path} has {len(units)} judgments but {ref_path} has {len(refs)} rows")
+    if len(units) != len(ref):
+        raise ScoringError(f"{pred_path} has {len(units)} judgments but {ref_path} has {len(ref)} rows")
     codes = _GroupCodes(units.names)
-    for i, r in enumerate(refs):
-        label = label_of(r.output)
-        units.label[i] = NO_LABEL if label is None else M.CODE[label]
-        units.group[i], units.split[i] = codes(find_aspect(r.instruction), r.audios)
-        if r.audios:
-            units.cluster[i] = hash(r.audios)
+    names = np.array([codes.name(n) for n in ref.names], dtype=np.int16)  # the reference's codes -> the units'
+    units.label = ref.label.copy()
+    units.group, units.split = names[ref.group], names[ref.split]
+    units.cluster = np.where(ref.has_audios, ref.cluster, units.cluster)
     units.names = list(codes.names)
 
 
@@ -632,21 +662,21 @@ def combine_runs(reports: list[dict], runs: list[Judgments], seed: int = 0) -> d
 PARALLEL_BYTES = 32 * 2**20  # below this, reading predictions beside the reference is not worth a process
 
 
-def _read_all(predictions: Sequence[str | Path], reference: str | Path | None,
-              model: str | None = None) -> tuple[list[Judgments], list | None]:  # fmt: skip
-    """The predictions files and the reference. With a large reference on a machine that can fork, the
-    predictions are streamed in a second process while this one parses the reference JSON (the two take about
-    as long); only the compact columns come back."""
+def _read_all(predictions: Sequence[str | Path], reference: str | Path | None, model: str | None = None,
+              read: Callable[[str | Path], Any] = read_reference_columns) -> tuple[list[Judgments], Any]:  # fmt: skip
+    """The predictions files and the reference, as `read` gives it (None without one). With a large reference
+    on a machine that can fork, the predictions are streamed in a second process while this one parses the
+    reference JSON (the two take about as long); only the compact columns come back."""
     own_labels = reference is None
     if reference is None:
         return [read_predictions(p, own_labels, model) for p in predictions], None
     big = Path(reference).is_file() and Path(reference).stat().st_size >= PARALLEL_BYTES
     if not big or "fork" not in multiprocessing.get_all_start_methods() or os.environ.get("SAGELM_NO_FORK"):
-        refs = read_reference(reference)
+        refs = read(reference)
         return [read_predictions(p, own_labels, model) for p in predictions], refs
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork")) as pool:
         pending = [pool.submit(read_predictions, p, own_labels, model) for p in predictions]
-        refs = read_reference(reference)
+        refs = read(reference)
         return [f.result() for f in pending], refs
 
 
@@ -673,7 +703,7 @@ def evaluate_official(predictions: Sequence[str | Path], reference: str | Path |
 
     if reference is None:
         raise ScoringError("--compat official needs --reference REF.json, as the authors' scripts do")
-    all_units, refs = _read_all(predictions, reference, model)
+    all_units, refs = _read_all(predictions, reference, model, read_reference)
     assert refs is not None
     kinds = {ASPECTS[a].kind for r in refs if (a := find_aspect(r.instruction)) in ASPECTS}
     if len(kinds) != 1:
