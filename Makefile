@@ -67,11 +67,13 @@ $(VLLM_STAMP): pyproject.toml
 
 vllm: $(VLLM_STAMP)
 
-# The vLLM tests plus the engine-independent judge, prompt and audio tests, on the vLLM env's transformers.
+# The vLLM tests plus the engine-independent judge, prompt and audio tests, on the vLLM env's transformers; then,
+# from the main env, the cascade judging through vLLM's own OpenAI-compatible server (started from the vLLM env).
 VLLM_ENV := VLLM_CPU_KVCACHE_SPACE=1 VLLM_ENABLE_V1_MULTIPROCESSING=0
-test-vllm: $(VLLM_STAMP) system-deps
+test-vllm: $(VLLM_STAMP) $(STAMP) system-deps
 	$(VLLM_ENV) $(VLLM_VENV)/bin/python -m pytest -q -m vllm tests/test_backend_vllm.py tests/test_serve.py $(ARGS)
 	$(VLLM_ENV) $(VLLM_VENV)/bin/python -m pytest -q tests/test_judge.py tests/test_prompts.py tests/test_audio.py $(ARGS)
+	SAGELM_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(VENV)/bin/python -m pytest -q -m vllm tests/test_backend_cascade.py $(ARGS)
 
 # vLLM ours vs --preset authors vs hf batched, side by side on the CPU (tiny taught judge).
 bench-vllm: $(VLLM_STAMP)

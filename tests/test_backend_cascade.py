@@ -5,10 +5,17 @@ The text judge is the tests' own OpenAI-compatible server (chat_server.py), whic
 sagelm's own.
 """
 
+import ast
 import json
 import os
+import re
 import shutil
+import signal
+import socket
 import subprocess
+import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 from chat_server import ChatServer
@@ -16,9 +23,10 @@ from conftest import REPO
 
 from sagelm import synth
 from sagelm.asr import embedded_model_dir
+from sagelm.backends.cascade import text_prompt
 from sagelm.cache import cache_root
 from sagelm.judge import Judge
-from sagelm.prompts import SYSTEM_PROMPT, instruction_prompt
+from sagelm.prompts import CHAT_TEMPLATE, SYSTEM_PROMPT, instruction_prompt
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed (make system-deps)")
 SAGELM = shutil.which("sagelm") or str(REPO / ".venv" / "bin" / "sagelm")
@@ -154,3 +162,178 @@ def test_a_text_prompt_template_and_the_transcribe_command(fruit, cache, tmp_pat
     assert p.returncode == 1 and "banana" in ok["text"].lower() and ok["words"] == len(ok["text"].split())
     assert ok["seconds"] > 1 and ok["words_per_second"] == pytest.approx(ok["words"] / ok["seconds"], abs=1e-3)
     assert bad["error"].endswith("nope.wav: no such file")
+
+
+# -- against a real OpenAI-compatible server: vLLM's, from the vLLM environment (issue 11) ------------------------
+VLLM_PYTHON = Path(os.environ.get("SAGELM_VLLM_PYTHON") or REPO / ".venv-vllm" / "bin" / "python")
+FRUIT_MODEL = "tiny-fruit"
+OTHER_FRUITS = ("apple", "cherry", "pear", "plum", "mango", "grape", "lemon", "peach", "orange", "melon")
+# the ChatML template of Qwen's tokenizers, for the tiny text judge's tokenizer (vLLM's server renders with it)
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")  # fmt: skip
+
+
+def teach_fruit_judge(folder: Path, steps: int = 500, seed: int = 0) -> Path:
+    """A tiny Qwen2 text model taught, in ~15 s, to judge SageLM's prompt over two transcripts: the better
+    response is the one that names the banana (in either position, on any semantic aspect)."""
+    import random
+
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from sagelm.aspects import ASPECTS
+    from sagelm.backends.cascade import text_prompt
+    from sagelm.tiny import build_tokenizer
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    tok = build_tokenizer()
+    tok.chat_template = CHATML
+    config = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,  # head_dim 32:
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)  # vLLM's CPU attention needs it
+    model = Qwen2ForCausalLM(config)
+    aspects = [a for a, spec in ASPECTS.items() if spec.kind == "semantic"]
+    forms = ("My favourite fruit is the {}.", "My favorite fruit is the {}.", "my favourite fruit is the {}",
+             "My favorite fruit is a {}.", "I like the {} best.")  # the ways Whisper may write what was said
+
+    def example() -> tuple[list[int], list[int]]:
+        first = rng.random() < 0.5
+        said = [rng.choice(forms).format(f) for f in ("banana", rng.choice(OTHER_FRUITS))]
+        verdict = "1" if first else "2"
+        question = rng.choice(["Which fruit?", "Name a fruit you like.", "What is your favourite fruit?"])
+        prompt = text_prompt(rng.choice(aspects), question, said if first else said[::-1])
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
+        head = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        answer = f"{verdict}\nResponse {verdict} names the banana.<|im_end|>"
+        return tok(head, add_special_tokens=False).input_ids, tok(answer, add_special_tokens=False).input_ids
+
+    def batch(n: int) -> tuple[torch.Tensor, ...]:
+        pairs = [example() for _ in range(n)]
+        width = max(len(h) + len(a) for h, a in pairs)
+        ids = [h + a + [tok.pad_token_id] * (width - len(h) - len(a)) for h, a in pairs]
+        labels = [[-100] * len(h) + a + [-100] * (width - len(h) - len(a)) for h, a in pairs]
+        mask = [[1] * (len(h) + len(a)) + [0] * (width - len(h) - len(a)) for h, a in pairs]
+        at = [len(h) for h, _ in pairs]  # where the verdict is
+        return torch.tensor(ids), torch.tensor(mask), torch.tensor(labels), torch.tensor(at)
+
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    rows = torch.arange(8)
+    for _ in range(steps):
+        ids, mask, labels, at = batch(8)
+        out = model(input_ids=ids, attention_mask=mask, labels=labels)
+        # the verdict token weighs as much as the whole rationale: it is the one decision to learn
+        verdict_loss = torch.nn.functional.cross_entropy(out.logits[rows, at - 1], ids[rows, at])
+        (out.loss + verdict_loss).backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    with torch.no_grad():
+        ids, mask, _, at = batch(32)
+        guess = model(input_ids=ids, attention_mask=mask).logits[torch.arange(32), at - 1].argmax(-1)
+    assert (guess == ids[torch.arange(32), at]).float().mean() == 1.0, "the tiny text judge did not learn"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tmp_path_factory):
+    """vLLM's OpenAI-compatible server on the CPU, serving the taught tiny text judge; (base URL, its log), the
+    log at DEBUG level, where vLLM writes each prompt it rendered and its token ids."""
+    if not os.access(VLLM_PYTHON, os.X_OK):
+        pytest.skip(f"no vLLM environment at {VLLM_PYTHON} (`make vllm` builds it; `make test-vllm` runs this)")
+    d = tmp_path_factory.mktemp("fruit-judge")
+    model = teach_fruit_judge(d / "model")
+    port, log = _free_port(), d / "server.log"
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+           "VLLM_LOGGING_LEVEL": "DEBUG"}  # fmt: skip
+    cmd = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+           "--served-model-name", FRUIT_MODEL, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+           "--enforce-eager", "--max-model-len", "2048", "--distributed-executor-backend", "uni",
+           "--enable-log-requests"]  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"vLLM's server exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if urllib.request.urlopen(url + "/v1/models", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"vLLM's server did not start:\n{log.read_text()[-3000:]}"
+            time.sleep(1)
+        yield url, log
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+_LOGGED = re.compile(r"details: prompt: (.*), prompt_token_ids: \[([\d, ]*)\], prompt_embeds")
+
+
+def _prompts_received(log: Path) -> list[tuple[str, int]]:
+    """(prompt as the server rendered it, its length in tokens) of every request vLLM's server took."""
+    return [(ast.literal_eval(m.group(1)), len(m.group(2).split(","))) for m in _LOGGED.finditer(log.read_text())]
+
+
+@pytest.mark.vllm
+def test_a_real_vllm_server_judges_the_transcripts_in_both_orders(fruit, cache, vllm_server, tmp_path):
+    url, log = vllm_server
+    rows = [
+        {"id": "a", "instruction": "Which fruit?", "audio_1": fruit["banana"], "audio_2": fruit["apple"], "label": "1"},
+        {"id": "b", "instruction": "What is your favourite fruit?", "audio_1": fruit["apple"],
+         "audio_2": fruit["banana"], "label": "2"},
+        {"id": "c", "instruction": "Name a fruit you like.", "audio_1": fruit["cherry"], "audio_2": fruit["banana"],
+         "label": "2"},
+    ]  # fmt: skip
+    data, out = tmp_path / "data.jsonl", tmp_path / "out.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["judge", "--backend", "cascade", "--text-judge", url, "--text-model", FRUIT_MODEL, "--data", data,
+            "--output", out, "--both-orders", "--max-new-tokens", "32"]  # fmt: skip
+    _sagelm(*args, cache=cache / "run")
+    records = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(records) == 3 * 4 * 2 and all(r["error"] is None for r in records)
+    label = {r["id"]: r["label"] for r in rows}
+    for r in records:  # the verdict in the records' own numbering, whichever order the server saw
+        assert r["verdict"] == label[r["id"]], r
+        p = r["probabilities"]  # from the first token's top_logprobs, renormalised over 1 / 2 / Tie
+        assert p[r["verdict"]] > 0.9 and sum(p.values()) == pytest.approx(1.0), r
+        seen = {"1": "2", "2": "1"}[r["verdict"]] if r["swapped"] else r["verdict"]  # as the server numbered them
+        assert r["raw"].startswith(f"{seen}\nResponse {seen} names the ban") and r["backend"] == "cascade"
+        assert r["model"] == f"cascade:base+{FRUIT_MODEL}" and r["usage"]["completion_tokens"] == r["new_tokens"] > 0
+
+    # what the server received, one request per judgment (no two are the same call): SageLM's chat with each
+    # <audio> replaced by the transcript heard, in the order of the judgment (the swapped one holds them the other
+    # way round), as vLLM rendered it through the chat template
+    received = _prompts_received(log)
+    want = []
+    for r in records:
+        t = r["transcripts"][::-1] if r["swapped"] else r["transcripts"]
+        user = text_prompt(r["aspect"], r["question"], t)
+        want.append(CHAT_TEMPLATE.replace("{prompt}", user))
+    assert sorted(p for p, _ in received) == sorted(want)
+    assert sorted(n for _, n in received) == sorted(r["usage"]["prompt_tokens"] for r in records)
+
+    _sagelm(*args, cache=cache / "run")  # resumed: nothing left to judge, no request
+    out.unlink()
+    _sagelm(*args, cache=cache / "run")  # a new output file, the same calls: all from the response cache
+    assert len(_prompts_received(log)) == len(received)
+    assert [json.loads(x)["verdict"] for x in out.read_text().splitlines()] == [r["verdict"] for r in records]
+
+    scored = json.loads(_sagelm("eval", out, "--json", cache=cache).stdout)
+    assert scored["overall"]["n"] == 12 and scored["overall"]["accuracy"] == 1.0
