@@ -13,13 +13,33 @@ def test_both_checkpoint_layouts_load_the_same_thinker(tiny_dir, tiny_full_dir):
     assert json.loads((tiny_full_dir / "config.json").read_text())["model_type"] == "qwen2_5_omni"
     assert json.loads((tiny_dir / "config.json").read_text())["model_type"] == "qwen2_5_omni_thinker"
     a, b = load_judge_model(str(tiny_dir)), load_judge_model(str(tiny_full_dir))
-    assert type(b.thinker).__name__ == "Qwen2_5OmniThinkerForConditionalGeneration"
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+    assert isinstance(b.thinker, Qwen2_5OmniThinkerForConditionalGeneration)
     sa, sb = a.thinker.state_dict(), b.thinker.state_dict()
     assert sa.keys() == sb.keys()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert a.thinker.dtype == torch.float32 and a.device.type == "cpu"
     assert a.tokenizer.padding_side == "left"
     assert len(set(a.verdict_token_ids.values())) == 3
+
+
+def test_the_judge_loads_without_the_vision_tower_and_the_same_weights(tiny_dir, tiny_full_dir):
+    # issue 9 item 20: the judge only hears; the 7B's vision tower (~670M parameters) is neither read nor held.
+    # Training keeps it (vision=True), so that the thinker it saves is whole and merges into a full checkpoint.
+    for folder in (tiny_dir, tiny_full_dir):
+        heard, whole = load_judge_model(str(folder)), load_judge_model(str(folder), vision=True)
+        sh, sw = heard.thinker.state_dict(), whole.thinker.state_dict()
+        vision = {k for k in sw if "visual." in k}
+        assert vision and not any("visual." in k for k in sh) and set(sh) == set(sw) - vision
+        assert all(torch.equal(sh[k], sw[k]) for k in sh)  # every other weight read from the checkpoint as before
+        n = sum(p.numel() for p in heard.thinker.parameters())
+        assert n == sum(p.numel() for p in whole.thinker.parameters()) - sum(sw[k].numel() for k in vision)
+
+
+def test_device_auto_loads_on_a_machine_without_a_gpu(tiny_dir):
+    m = load_judge_model(str(tiny_dir), device="auto")
+    assert m.device.type == "cpu" and m.thinker.dtype == torch.float32
 
 
 def test_offline_hub_id_fails_fast_in_one_line(monkeypatch):

@@ -8,6 +8,7 @@ full checkpoint's `thinker_config` and `thinker.*` weights and skips the rest.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -162,8 +163,36 @@ def load_processor(path: str | Path) -> tuple[Any, Any]:
     return tokenizer, feature_extractor
 
 
-def load_judge_model(model: str = DEFAULT_MODEL, device: str | None = None, dtype: Any = None) -> JudgeModel:
-    """Load the thinker of `model` (hub id or folder): bf16 on a GPU when there is one, else CPU float32."""
+@functools.cache
+def _hearing_thinker_class() -> type:
+    """The Qwen2.5-Omni thinker class without its vision tower: the judge only hears, and the tower is ~670M of the 7B's
+    parameters (1.3 GB in bf16). It is built on the meta device by `from_pretrained` and dropped before any weight
+    is read, so its weights are neither read nor held; the checkpoint's `visual.*` tensors are skipped quietly."""
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+    from transformers.conversion_mapping import get_checkpoint_conversion_mapping as mapping_of
+    from transformers.conversion_mapping import register_checkpoint_conversion_mapping as register
+
+    stock = Qwen2_5OmniThinkerForConditionalGeneration
+
+    class HearingThinker(stock):
+        _keys_to_ignore_on_load_unexpected = [r"visual\."]
+
+        def __init__(self, config: Any) -> None:
+            super().__init__(config)
+            owner = self.model if hasattr(self.model, "visual") else self  # transformers >= 5.20 moved it into model
+            del owner.visual
+
+    # the stock class's renaming of checkpoint keys (both layouts, older names): transformers looks it up by class
+    # name and skips it for classes defined outside transformers unless registered under their own name
+    register(HearingThinker.__name__, mapping_of(stock.__name__) or mapping_of(stock.config_class.model_type) or [],
+             overwrite=True)
+    return HearingThinker
+
+
+def load_judge_model(model: str = DEFAULT_MODEL, device: str | None = None, dtype: Any = None,
+                     vision: bool = False) -> JudgeModel:  # fmt: skip
+    """Load the thinker of `model` (hub id or folder): bf16 on a GPU when there is one, else CPU float32.
+    Without its vision tower unless `vision` (training keeps it, so that what it saves is a whole thinker)."""
     from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
     path = resolve_checkpoint(model)
@@ -181,10 +210,9 @@ def load_judge_model(model: str = DEFAULT_MODEL, device: str | None = None, dtyp
     dtype = dtype or auto_dtype
     tokenizer, feature_extractor = load_processor(path)
     logger.info("loading the thinker of %s on %s (%s)", path, device, dtype)
+    cls = Qwen2_5OmniThinkerForConditionalGeneration if vision else _hearing_thinker_class()
     try:  # straight onto the device (or spread over the GPUs with "auto"), never whole in host RAM first
-        thinker = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
-            path, dtype=dtype, device_map=device, use_safetensors=True
-        )
+        thinker = cls.from_pretrained(path, dtype=dtype, device_map=device, use_safetensors=True)
     except (OSError, ValueError, KeyError) as e:
         raise ModelFormatError(f"{path}: cannot load a Qwen2.5-Omni thinker ({str(e).splitlines()[0]})") from None
     thinker.eval()

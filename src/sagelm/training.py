@@ -498,7 +498,7 @@ def _trainable_thinker(path: str, dtype: Any, freeze_audio_encoder: bool) -> Any
     """The thinker, loaded by the judge's own code, with what is not trained frozen."""
     from sagelm.model import load_judge_model
 
-    thinker = load_judge_model(path, device="cpu", dtype=dtype).thinker
+    thinker = load_judge_model(path, device="cpu", dtype=dtype, vision=True).thinker
     thinker.config.use_cache = False
     thinker.requires_grad_(True)
     # The vision tower is never used (and would leave DDP with unused parameters); the audio encoder is frozen
