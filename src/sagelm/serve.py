@@ -336,7 +336,20 @@ class _Item:
     enqueued: float
 
 
-class Batcher:
+class _Driver:
+    """What the server's two ways of driving an engine share: the settings, the held audio, the metrics, what to
+    call when the engine cannot go on, and, once it is loaded, the judge's name (or why it did not load)."""
+
+    def __init__(self, options: ServeOptions, held: HeldAudio, metrics: Metrics, on_fatal: Callable[[], None]):
+        self.options = options
+        self.held = held
+        self.metrics = metrics
+        self.on_fatal = on_fatal
+        self.load_error: BaseException | None = None
+        self.model_name: str | None = None
+
+
+class Batcher(_Driver):
     """A bounded queue of tasks and the worker thread that owns the engine and judges them in batches."""
 
     def __init__(
@@ -347,15 +360,10 @@ class Batcher:
         on_fatal: Callable[[], None],
         arriving: Callable[[], int] = lambda: 1,
     ):
-        self.options = options
-        self.held = held
-        self.metrics = metrics
-        self.on_fatal = on_fatal
+        super().__init__(options, held, metrics, on_fatal)
         self.arriving = arriving  # requests on their way to the queue: with none, waiting for more only costs
         self.max_wait = options.max_wait_ms / 1000
         self.ready = threading.Event()
-        self.load_error: BaseException | None = None
-        self.model_name: str | None = None
         self._queue: deque[_Item] = deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -476,19 +484,14 @@ def _settle(batch: list[_Item], records: list[Any], error: BaseException | None)
             it.future.set_result(record)
 
 
-class Streamer:
+class Streamer(_Driver):
     """For an engine that batches requests as they arrive (vLLM's async engine, continuous batching): each task
     goes to it at once, on the event loop, and it schedules them. At most `max_queue` tasks are in the engine at
     a time (429 beyond); `max_batch_size` and `max_wait_ms` are the engine's business here (`--max-num-seqs`)."""
 
     def __init__(self, options: ServeOptions, held: HeldAudio, metrics: Metrics, on_fatal: Callable[[], None]):
-        self.options = options
-        self.held = held
-        self.metrics = metrics
-        self.on_fatal = on_fatal
+        super().__init__(options, held, metrics, on_fatal)
         self.ready = asyncio.Event()
-        self.load_error: BaseException | None = None
-        self.model_name: str | None = None
         self._backend: Any = None
         self._judges: dict[bool, Judge] = {}
         self._loading: asyncio.Task | None = None
