@@ -114,3 +114,18 @@ def test_cli_synth_refuses_to_overwrite_in_one_line(tmp_path):
                           capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}, timeout=60)  # fmt: skip
     assert done.returncode == 1 and done.stderr.strip().splitlines()[-1].startswith("sagelm: error: ")
     assert "heldout.json exists" in done.stderr and (tmp_path / "g" / "heldout.json").read_text() == "mine"
+
+
+def test_cli_synth_out_that_is_a_file_is_one_line(tmp_path):
+    import os
+    import subprocess
+
+    from conftest import REPO
+
+    exe = REPO / ".venv" / "bin" / "sagelm"
+    (tmp_path / "g").write_text("mine")
+    done = subprocess.run([str(exe) if exe.exists() else "sagelm", "synth", "gender", str(tmp_path / "g")],
+                          capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}, timeout=60)  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines() == [f"sagelm: error: {tmp_path / 'g'} is a file, not a folder"]
+    assert (tmp_path / "g").read_text() == "mine"

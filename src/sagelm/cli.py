@@ -615,8 +615,9 @@ def synth_gender(
     """A gender-instruction-following set spoken by espeak-ng voices; held-out voices and sentences for testing."""
 
     def go() -> None:
-        from sagelm.synth import make_gender_set
+        from sagelm.synth import check_out, make_gender_set
 
+        check_out(out, overwrite)  # refused before a progress bar is drawn: the error is the only line
         with _progress() as progress:
             bar = progress.add_task("speaking", total=None)
             train_file, heldout_file = make_gender_set(out, train_pairs, heldout_pairs, seed,

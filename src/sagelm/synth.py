@@ -152,6 +152,16 @@ def _split_rows(
     return rows
 
 
+def check_out(out: str | Path, overwrite: bool = False) -> None:
+    """`out` can take a data set: a folder (or none yet) without train.json or heldout.json, unless `overwrite`."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SynthError(f"{out} is a file, not a folder")
+    existing = [out / f"{n}.json" for n in ("train", "heldout") if (out / f"{n}.json").exists()]
+    if existing and not overwrite:
+        raise SynthError(f"{existing[0]} exists; choose another folder, or pass --overwrite to replace it")
+
+
 def make_gender_set(
     out: str | Path, train_pairs: int = 300, heldout_pairs: int = 100, seed: int = 0, tie_share: float = 0.2,
     train_both_orders: bool = True, on_clip: Callable[[], None] | None = None, overwrite: bool = False,
@@ -165,11 +175,7 @@ def make_gender_set(
     An existing `train.json` or `heldout.json` in `out` is refused unless `overwrite`. Returns the two data files.
     """
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise SynthError(f"{out} is a file, not a folder")
-    existing = [out / f"{n}.json" for n in ("train", "heldout") if (out / f"{n}.json").exists()]
-    if existing and not overwrite:
-        raise SynthError(f"{existing[0]} exists; choose another folder, or pass --overwrite to replace it")
+    check_out(out, overwrite)
     rng = np.random.default_rng(seed)
     made: dict[tuple[str, str], str] = {}
 
