@@ -223,3 +223,28 @@ def test_device_bin_weights_prompt_arity_and_debug_anywhere(tiny_dir, clips, tmp
         assert p.returncode == 2 and "two audio files or none" in p.stderr
     p = run("prompt", "--aspect", "kindness", "--instruction", "x", "--debug", check=False)
     assert p.returncode != 0 and "Traceback" in p.stderr
+
+
+def test_output_that_is_a_folder_is_one_line(tiny_dir, clips, tmp_path):
+    data, folder = _dataset(tmp_path, clips, 2), tmp_path / "judged"
+    folder.mkdir()
+    for args in (("--data", data), ("--instruction", TONE_QUESTION, clips["noise"], clips["tone"])):
+        p = run("judge", *args, "--output", folder, "--model", tiny_dir, check=False)
+        assert p.returncode == 1 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr, p.stderr
+        assert p.stderr.startswith(f"sagelm: error: --output {folder} is a folder"), p.stderr
+    assert list(folder.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder regardless of its permissions")
+def test_output_in_a_folder_that_cannot_be_written_is_one_line(tiny_dir, clips, tmp_path):
+    data, locked = _dataset(tmp_path, clips, 2), tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        for out in (locked / "out.jsonl", locked / "sub" / "out.jsonl"):
+            p = run("judge", "--data", data, "--output", out, "--model", tiny_dir, check=False)
+            assert p.returncode == 1 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr, p.stderr
+            assert p.stderr.startswith(f"sagelm: error: --output {out}: cannot write there"), p.stderr
+    finally:
+        locked.chmod(0o700)
+    assert list(locked.iterdir()) == []

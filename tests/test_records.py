@@ -260,3 +260,21 @@ def test_a_failed_judgment_is_tried_again_and_its_new_record_supersedes_the_erro
         assert (log.done, log.failed) == ({"k1", "k2"}, set())
     assert [(json.loads(x)["id"], json.loads(x)["verdict"]) for x in path.read_text().splitlines()] == [
         ("b", "2"), ("a", "1")]  # fmt: skip
+
+
+def test_non_finite_probabilities_are_written_as_null_never_nan(tmp_path):
+    """Strict JSON readers (JavaScript's JSON.parse, jq) reject NaN and Infinity: a record never holds them."""
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} in a judgment record")
+
+    nan, inf = float("nan"), float("inf")
+    for probabilities in ({"1": nan, "2": nan, "Tie": nan}, {"1": inf, "2": -inf, "Tie": 0.25}):
+        line = Judgment(id="a", aspect="honesty", probabilities=probabilities, key="k").to_json()
+        assert "NaN" not in line and "Infinity" not in line
+        record = json.loads(line, parse_constant=refuse)
+        assert record["probabilities"] == {k: (v if v == 0.25 else None) for k, v in probabilities.items()}
+    path = tmp_path / "out.jsonl"
+    with JudgmentLog(path) as log:  # and so through the log file
+        log.write([Judgment(id="a", aspect="honesty", probabilities={"1": nan, "2": 1.0, "Tie": inf}, key="k")])
+    assert json.loads(path.read_text(), parse_constant=refuse)["probabilities"] == {"1": None, "2": 1.0, "Tie": None}

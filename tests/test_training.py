@@ -584,3 +584,77 @@ def test_resume_with_a_larger_max_steps_continues_and_a_corrupt_checkpoint_is_na
     done = _cli("train", str(_config(tmp_path)), *args, "resume_from_checkpoint=true")
     previous = out / "stage-1" / "checkpoint-4"
     _one_line_error(done, str(weights), "corrupt or truncated", f"resume_from_checkpoint={previous}")
+
+
+def test_resume_with_a_larger_max_steps_but_no_checkpoint_left_says_why(tmp_path, tiny_dir, tone_data):
+    """A finished run whose checkpoint-N folders are gone cannot be continued: one line saying so (exit 1), not
+    a run that trains nothing and exits 0."""
+    import shutil
+
+    out = tmp_path / "out"
+    train(_run_config(tiny_dir, tone_data, out, "max_steps=2"))
+    for checkpoint in (out / "stage-1").glob("checkpoint-*"):
+        shutil.rmtree(checkpoint)
+    judge = _weights(out)
+    args = [f"model_name_or_path={tiny_dir}", f"dataset={tone_data}", f"output_dir={out}", "max_steps=4",
+            "per_device_train_batch_size=4", "gradient_accumulation_steps=1"]  # fmt: skip
+    done = _cli("train", str(_config(tmp_path)), *args, "resume_from_checkpoint=true")
+    _one_line_error(done, "stage 1 finished after 2 steps", f"{out / 'stage-1'} holds no checkpoint-N")
+    assert json.loads((out / "train_summary.json").read_text())["stages"][0]["steps"] == 2
+    assert all(np.array_equal(judge[k], v) for k, v in _weights(out).items())  # the judge is left as it was
+
+
+def test_resume_with_more_epochs_continues_a_finished_run(tmp_path, tiny_dir, tone_data):
+    """24 samples, 4 a step: half an epoch is 3 steps; resumed with one epoch, steps 4-6 follow checkpoint-3."""
+    from transformers import TrainerCallback
+
+    out = tmp_path / "out"
+    train(_run_config(tiny_dir, tone_data, out, "num_train_epochs=0.5", "save_steps=3"))
+    assert json.loads((out / "train_summary.json").read_text())["stages"][0]["steps"] == 3
+    first = _weights(out)
+    steps_seen: list[int] = []
+
+    class Seen(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            steps_seen.append(state.global_step)
+
+    resumed = _run_config(tiny_dir, tone_data, out, "num_train_epochs=1", "save_steps=3", "resume_from_checkpoint=true")
+    train(resumed, callbacks=[Seen()])
+    assert steps_seen == [4, 5, 6]
+    stage = json.loads((out / "train_summary.json").read_text())["stages"][0]
+    assert (stage["steps"], stage["epochs"]) == (6, 1.0)
+    assert not np.array_equal(first["lm_head.weight"], _weights(out)["lm_head.weight"])
+    steps_seen.clear()
+    train(resumed, callbacks=[Seen()])  # asked for no more than it has: nothing to do
+    assert steps_seen == []
+
+
+def test_cli_train_a_loss_that_becomes_nan_is_one_line(tmp_path, tiny_dir, tone_data):
+    out = tmp_path / "out"
+    config = _config(tmp_path, model_name_or_path=str(tiny_dir), dataset=str(tone_data), output_dir=str(out),
+                     max_steps=4, learning_rate=1e30, max_grad_norm=1e30, per_device_train_batch_size=4,
+                     gradient_accumulation_steps=1, warmup_ratio=0, logging_steps=1)  # fmt: skip
+    _one_line_error(_cli("train", str(config)), "stage 1 step", "the loss is nan", "training stopped")
+    assert not (out / "model.safetensors").exists() and not (out / "train_summary.json").exists()
+
+
+def test_cli_train_reads_relative_audio_from_media_dir(tmp_path, tiny_dir, tone_data):
+    """A data file whose relative audio paths exist only under media_dir trains through `sagelm train`."""
+    media, data = tmp_path / "media", tmp_path / "data" / "d.jsonl"
+    rows = [json.loads(x) for x in tone_data.read_text().splitlines()[:4]]
+    for row in rows:
+        for key in ("audio_1", "audio_2"):
+            name = Path(row[key]).name
+            (media / "clips").mkdir(parents=True, exist_ok=True)
+            (media / "clips" / name).write_bytes(Path(row[key]).read_bytes())
+            row[key] = f"clips/{name}"  # not beside the data file: only media_dir/clips/NAME exists
+    data.parent.mkdir()
+    assert not (data.parent / "clips").exists() and not (Path.cwd() / "clips").exists()
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    args = [f"model_name_or_path={tiny_dir}", f"dataset={data}", f"output_dir={out}", "max_steps=1",
+            "per_device_train_batch_size=4", "gradient_accumulation_steps=1", "save_steps=1"]  # fmt: skip
+    done = _cli("train", str(_config(tmp_path)), *args, f"media_dir={media}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    stage = json.loads((out / "train_summary.json").read_text())["stages"][0]
+    assert stage["steps"] == 1 and stage["counts"]["kept"] == 4 and stage["counts"]["bad_audio"] == 0
