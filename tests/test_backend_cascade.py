@@ -165,7 +165,10 @@ def test_a_text_prompt_template_and_the_transcribe_command(fruit, cache, tmp_pat
 
 
 # -- against a real OpenAI-compatible server: vLLM's, from the vLLM environment (issue 11) ------------------------
-VLLM_PYTHON = Path(os.environ.get("SAGELM_VLLM_PYTHON") or REPO / ".venv-vllm" / "bin" / "python")
+# $SAGELM_VLLM_PYTHON (make test-vllm sets it), else the checkout's vLLM env once `make vllm` has finished it
+VLLM_ENV = REPO / ".venv-vllm"
+VLLM_PYTHON = Path(os.environ.get("SAGELM_VLLM_PYTHON") or VLLM_ENV / "bin" / "python")
+VLLM_READY = bool(os.environ.get("SAGELM_VLLM_PYTHON")) or (VLLM_ENV / ".installed").is_file()
 FRUIT_MODEL = "tiny-fruit"
 OTHER_FRUITS = ("apple", "cherry", "pear", "plum", "mango", "grape", "lemon", "peach", "orange", "melon")
 # the ChatML template of Qwen's tokenizers, for the tiny text judge's tokenizer (vLLM's server renders with it)
@@ -247,8 +250,8 @@ def _free_port() -> int:
 def vllm_server(tmp_path_factory):
     """vLLM's OpenAI-compatible server on the CPU, serving the taught tiny text judge; (base URL, its log), the
     log at DEBUG level, where vLLM writes each prompt it rendered and its token ids."""
-    if not os.access(VLLM_PYTHON, os.X_OK):
-        pytest.skip(f"no vLLM environment at {VLLM_PYTHON} (`make vllm` builds it; `make test-vllm` runs this)")
+    if not VLLM_READY or not os.access(VLLM_PYTHON, os.X_OK):
+        pytest.skip(f"no vLLM environment at {VLLM_ENV} (`make vllm` builds it; `make test-vllm` runs this)")
     d = tmp_path_factory.mktemp("fruit-judge")
     model = teach_fruit_judge(d / "model")
     port, log = _free_port(), d / "server.log"
