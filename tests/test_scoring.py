@@ -249,13 +249,18 @@ def test_a_broken_reference_is_named_with_the_row(tmp_path):
     cases = {
         "cut.json": (json.dumps(ok)[:-40], r"cut\.json: not valid JSON \(item 2: "),
         "obj.json": (json.dumps({"rows": ok}), r"obj\.json: expected a JSON list of rows, not a JSON object$"),
-        "empty.json": ("", r"empty\.json: expected a JSON list of rows, not a JSON empty file$"),
+        "empty.json": ("", r"empty\.json: expected a JSON list of rows, not an empty file$"),
         "tail.json": (json.dumps(ok) + " {}", r"tail\.json: not valid JSON \(after the list's 3 items: more data\)"),
     }
     for name, (text, message) in cases.items():
         (tmp_path / name).write_text(text)
         with pytest.raises(ScoringError, match=message):
             evaluate([preds], tmp_path / name)
+    bare = [{"instruction": _ref_row("honesty", "Q", "1", [])["instruction"], "output": "1\nwhy"},
+            _ref_row("honesty", "Q2", "2", [])]  # no audio paths: each row its own pair
+    (tmp_path / "bare.json").write_text(json.dumps(bare))
+    two = write_jsonl(tmp_path / "two.jsonl", [{"prompt": "", "predict": v, "label": ""} for v in ("1", "2")])
+    assert evaluate([two], tmp_path / "bare.json")["overall"]["accuracy"] == 1.0
     (tmp_path / "latin.json").write_bytes(json.dumps(ok).replace("Q", "caf\u00e9").encode("latin-1"))
     with pytest.raises(ScoringError, match=r"latin\.json: not UTF-8 text$"):
         evaluate([preds], tmp_path / "latin.json")

@@ -20,11 +20,12 @@ _COMMA = re.compile(r"[ \t\n\r]*,[ \t\n\r]*")  # between two items
 _NUMBER_GOES_ON = frozenset("0123456789.eE+-")  # a number followed by one of these may have been cut by a read
 _DECODER = json.JSONDecoder()
 _SCAN = _DECODER.scan_once  # what raw_decode calls: (value, end) or StopIteration where no value starts
-_KIND = {"{": "object", '"': "string", "t": "boolean", "f": "boolean", "n": "null", "": "empty file"}
+_KIND = {"{": "a JSON object", '"': "a JSON string", "": "an empty file"}  # by the first character
+_LITERALS = {"true": "a JSON boolean", "false": "a JSON boolean", "null": "JSON null"}
 
 
 class NotAList(ValueError):
-    """The file holds some other JSON value (the message says which kind) or nothing."""
+    """The file holds some other JSON value or nothing; the message says what ("a JSON object", ...)."""
 
 
 class Invalid(ValueError):
@@ -93,13 +94,23 @@ class _Text:
         return type(obj) not in (int, float) or self.text[end] not in _NUMBER_GOES_ON
 
 
+def _kind(head: str, first: str) -> str:
+    """What a file holds instead of a list, from its first characters ("a JSON object", "an empty file", ...)."""
+    if first in _KIND:
+        return _KIND[first]
+    literal = next((w for w in _LITERALS if head.startswith(w)), None)
+    if literal:
+        return _LITERALS[literal]
+    return "a JSON number" if first in "-0123456789" else "text that is not JSON"
+
+
 def items(f: IO[bytes]) -> Iterator[Any]:
     """The items of the JSON list that the binary stream `f` holds (UTF-8, -16 or -32, with or without a BOM).
     Raises NotAList, Invalid, or UnicodeDecodeError for text that is not in its encoding."""
     t = _Text(f)
     first = t.peek()
     if first != "[":
-        raise NotAList(_KIND.get(first, "number" if first in "-0123456789" else "text that is not JSON"))
+        raise NotAList(_kind(t.text[t.pos:t.pos + 5], first))
     t.pos += 1
     n = 0
     if t.peek() == "]":

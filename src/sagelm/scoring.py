@@ -499,7 +499,8 @@ def _reference_rows(path: Path) -> Iterator[RefRow]:
             for i, r in enumerate(jsonlist.items(f)):
                 if type(r) is not dict or type(r.get("instruction")) is not str:
                     raise ScoringError(f"{path} row {i}: needs an 'instruction' string")
-                output, audios = r.get("output", ...), r.get("audios") or ()
+                output, audios = r.get("output", ...), r.get("audios")
+                audios = [] if audios is None else audios  # a row without audio paths: its own pair
                 if output is ...:
                     raise ScoringError(f"{path} row {i}: needs 'output'")
                 if output is not None and type(output) is not str:
@@ -508,7 +509,7 @@ def _reference_rows(path: Path) -> Iterator[RefRow]:
                     raise ScoringError(f"{path} row {i}: 'audios' must be a list of paths")
                 yield RefRow(r["instruction"], output or "", tuple(audios))
     except jsonlist.NotAList as e:
-        raise ScoringError(f"{path}: expected a JSON list of rows, not a JSON {e}") from None
+        raise ScoringError(f"{path}: expected a JSON list of rows, not {e}") from None
     except jsonlist.Invalid as e:
         raise ScoringError(f"{path}: not valid JSON ({e})") from None
     except UnicodeDecodeError:
