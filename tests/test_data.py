@@ -152,3 +152,29 @@ def test_a_non_utf8_file_name_and_a_lone_surrogate_escape_are_named_printably(tm
     assert out[1].error.startswith(f"{shown} line 2: label must be")
     for x in out:
         x.error.encode("utf-8")  # printable, and writable to a UTF-8 record
+
+
+def test_a_json_list_is_read_item_by_item_never_held_whole(tmp_path, monkeypatch):
+    # json.loads held the file's bytes, its text and every parsed row at once (about 2x the file beyond the pairs
+    # kept); read item by item, only the pairs and a read's worth of text are held
+    import tracemalloc
+
+    from sagelm import jsonlist
+    from sagelm.prompts import instruction_prompt
+
+    rows = [{"instruction": instruction_prompt("honesty", f"question {i} " + "w " * 300), "input": "",
+             "output": "1\nbecause " + "r " * 300, "audios": [f"a{i}.wav", f"b{i}.wav"]}
+            for i in range(3000)]  # fmt: skip
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps(rows))
+    size = path.stat().st_size
+    monkeypatch.setattr(jsonlist, "CHUNK_BYTES", 2**16)
+    tracemalloc.start()
+    try:
+        pairs = list(read_pairs(path))
+        kept, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert size > 4e6 and peak - kept < size / 4, (size, kept, peak)
+    assert len(pairs) == 3000 and all(isinstance(p, Pair) for p in pairs)
+    assert (pairs[7].id, pairs[7].question.split()[:2], pairs[7].label) == ("rows-7", ["question", "7"], "1")

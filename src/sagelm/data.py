@@ -17,6 +17,7 @@ from typing import BinaryIO
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from sagelm import jsonlist
 from sagelm.aspects import UnknownAspectError, get_aspect
 from sagelm.errors import SagelmError
 from sagelm.paths import UnusableFile, open_regular, shown
@@ -191,7 +192,7 @@ def read_pairs(path: str | Path) -> Iterator[Pair | BadRow]:
         if not first:
             raise DataError(f"{name}: empty data file (no rows)")
         if first == b"[":
-            yield from _json_list(f.read(), path)
+            yield from _json_list(f, path)
         else:
             yield from _jsonl(f, path)
 
@@ -205,13 +206,23 @@ def _first_byte(f: BinaryIO) -> bytes:
     return chunk.lstrip()[:1]
 
 
-def _json_list(data: bytes, path: Path) -> Iterator[Pair | BadRow]:
-    name, base = shown(path), path.parent
-    rows = _parse_whole(data, name)  # a list: the file opens with "[", and "[1] [2]" does not parse
-    if not rows:
+def _json_list(f: BinaryIO, path: Path) -> Iterator[Pair | BadRow]:
+    """The rows of a file that opens with "[". Read item by item (jsonlist), so that neither the file's text nor
+    its parsed objects are ever held whole, only the pairs; none is handed out before the whole file has parsed,
+    so a file that is not JSON is one DataError before any work starts, naming the line and column (from a
+    second, whole-file parse, made only then)."""
+    name, base, stem = shown(path), path.parent, shown(path.stem)
+    pairs: list[Pair | BadRow] = []
+    try:
+        for i, row in enumerate(jsonlist.items(f)):
+            pairs.append(_row(_alpaca_pair, row, f"{stem}-{i}", f"{name} row {i}", base))
+    except (jsonlist.Invalid, jsonlist.NotAList, UnicodeDecodeError) as e:
+        f.seek(0)
+        _parse_whole(f.read(), name)  # raises the DataError that names the line and column
+        raise DataError(f"{name}: invalid JSON ({e})") from None  # what the stream refuses, json.loads refuses
+    if not pairs:
         raise DataError(f"{name}: an empty JSON list (no rows)")
-    for i, row in enumerate(rows):
-        yield _row(_alpaca_pair, row, f"{shown(path.stem)}-{i}", f"{name} row {i}", base)
+    yield from pairs
 
 
 def _parse_whole(data: bytes, name: str) -> object:
