@@ -16,10 +16,8 @@ from typing import IO, Any
 
 CHUNK_BYTES = 4 * 2**20  # read at a time: refills cost nothing beside the parsing, and it is small beside the file
 _SPACE = re.compile(r"[ \t\n\r]*")  # the whitespace JSON allows between tokens
-_COMMA = re.compile(r"[ \t\n\r]*,[ \t\n\r]*")  # between two items
 _NUMBER_GOES_ON = frozenset("0123456789.eE+-")  # a number followed by one of these may have been cut by a read
 _DECODER = json.JSONDecoder()
-_SCAN = _DECODER.scan_once  # what raw_decode calls: (value, end) or StopIteration where no value starts
 _KIND = {"{": "a JSON object", '"': "a JSON string", "": "an empty file"}  # by the first character
 _LITERALS = {"true": "a JSON boolean", "false": "a JSON boolean", "null": "JSON null"}
 
@@ -67,13 +65,6 @@ class _Text:
         """The JSON value that starts here. A value cut by the end of what has been read either fails to parse
         or (a number: "12" of "123", "1.5" of "1.5e3") parses short, so either way more is read and it is parsed
         again."""
-        try:  # the usual case, first: a whole value right here
-            obj, end = _SCAN(self.text, self.pos)
-            if self._whole(obj, end):
-                self.pos = end
-                return obj
-        except (StopIteration, json.JSONDecodeError):
-            pass
         self.peek()
         while True:
             try:
@@ -123,10 +114,6 @@ def items(f: IO[bytes]) -> Iterator[Any]:
                 raise Invalid(f"item {n}: {e.msg}") from None
             yield value
             n += 1
-            comma = _COMMA.match(t.text, t.pos)
-            if comma and comma.end() < len(t.text):  # the usual case: another item follows in what has been read
-                t.pos = comma.end()
-                continue
             c = t.peek()
             t.pos += 1
             if c == "]":
