@@ -614,22 +614,20 @@ class Service:
 
         labels: list[str] = []
         self.metrics.in_flight.inc()
-        self.arriving += 1
-        arrived = False
         try:
-            for name in ("audio_1", "audio_2"):
-                label, digest, clip = await anyio.to_thread.run_sync(
-                    self.reader.read, getattr(body, name), name, limiter=self._limiter
-                )
-                self.held.hold(label, clip, digest)
-                labels.append(label)
-            self.arriving -= 1  # before submit: the batcher, woken by it, must not wait for this one
-            arrived = True
+            self.arriving += 1
+            try:
+                for name in ("audio_1", "audio_2"):
+                    label, digest, clip = await anyio.to_thread.run_sync(
+                        self.reader.read, getattr(body, name), name, limiter=self._limiter
+                    )
+                    self.held.hold(label, clip, digest)
+                    labels.append(label)
+            finally:  # before submit: the batcher, woken by it, must not wait for this one
+                self.arriving -= 1
             futures = self.engine.submit(body.tasks(*labels), body.verdict_only)
             return list(await asyncio.gather(*futures))
         finally:
-            if not arrived:
-                self.arriving -= 1
             for label in labels:
                 self.held.release(label)
             self.metrics.in_flight.dec()
