@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,30 @@ REPO = Path(__file__).resolve().parents[1]
 RELEASE = next((c for c in release_candidates() if c.is_dir()), REPO.parent / "shared" / "data" / "sagelm-release")
 DEMO_AUDIO = RELEASE / "demo_audio"
 SR = 16_000
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on, for a server a test starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_serving(proc: subprocess.Popen, url: str, log: Path, timeout_s: float) -> None:
+    """Until GET `url` answers 200; an AssertionError quoting the end of the server's `log` if `proc` exits or
+    `timeout_s` passes first."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert proc.poll() is None, f"the server exited ({proc.returncode}):\n{log.read_text()[-3000:]}"
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"the server did not become ready:\n{log.read_text()[-3000:]}"
+        time.sleep(0.3)
 
 
 @pytest.fixture(scope="session")

@@ -11,15 +11,12 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from chat_server import ChatServer
-from conftest import REPO
+from conftest import REPO, free_port, wait_until_serving
 
 from sagelm import synth
 from sagelm.asr import embedded_model_dir
@@ -170,6 +167,7 @@ VLLM_ENV = REPO / ".venv-vllm"
 VLLM_PYTHON = Path(os.environ.get("SAGELM_VLLM_PYTHON") or VLLM_ENV / "bin" / "python")
 VLLM_READY = bool(os.environ.get("SAGELM_VLLM_PYTHON")) or (VLLM_ENV / ".installed").is_file()
 FRUIT_MODEL = "tiny-fruit"
+VLLM_START_TIMEOUT_S = 300  # ~22 s on a quiet 2-core machine; importing vLLM and torch is most of it
 OTHER_FRUITS = ("apple", "cherry", "pear", "plum", "mango", "grape", "lemon", "peach", "orange", "melon")
 # the ChatML template of Qwen's tokenizers, for the tiny text judge's tokenizer (vLLM's server renders with it)
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -240,12 +238,6 @@ def teach_fruit_judge(folder: Path, steps: int = 500, seed: int = 0) -> Path:
     return folder
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def vllm_server(tmp_path_factory):
     """vLLM's OpenAI-compatible server on the CPU, serving the taught tiny text judge; (base URL, its log), the
@@ -254,7 +246,7 @@ def vllm_server(tmp_path_factory):
         pytest.skip(f"no vLLM environment at {VLLM_ENV} (`make vllm` builds it; `make test-vllm` runs this)")
     d = tmp_path_factory.mktemp("fruit-judge")
     model = teach_fruit_judge(d / "model")
-    port, log = _free_port(), d / "server.log"
+    port, log = free_port(), d / "server.log"
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
            "VLLM_LOGGING_LEVEL": "DEBUG"}  # fmt: skip
     cmd = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
@@ -265,17 +257,7 @@ def vllm_server(tmp_path_factory):
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"vLLM's server exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if urllib.request.urlopen(url + "/v1/models", timeout=2).status == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"vLLM's server did not start:\n{log.read_text()[-3000:]}"
-            time.sleep(1)
+        wait_until_serving(proc, url + "/v1/models", log, VLLM_START_TIMEOUT_S)
         yield url, log
     finally:  # the server's whole process group, unless it is gone already (then its log says why)
         if proc.poll() is None:

@@ -26,7 +26,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import TONE_QUESTION
+from conftest import TONE_QUESTION, free_port, wait_until_serving
 
 from sagelm.aspects import SEMANTIC_ASPECTS
 
@@ -35,12 +35,6 @@ LOAD_SECONDS = 30
 LOAD_CLIENTS = 50
 RSS_SLACK_MB = 40  # "memory flat": RSS at the end within a few tens of MB of RSS after warm-up
 API_KEY = "s3cret-test-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -79,17 +73,12 @@ def start_server(model: Path, log: Path, *args: str, env: dict | None = None) ->
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
                                 env={**os.environ, "TMPDIR": str(tmp), **(env or {})})  # fmt: skip
     server = Server(proc, f"http://127.0.0.1:{port}", log, tmp)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"the server exited ({proc.returncode}):\n{log.read_text()[-3000:]}"
-        try:
-            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise AssertionError(f"the server did not become ready:\n{log.read_text()[-3000:]}")
+    try:
+        wait_until_serving(proc, f"{server.url}/health", log, START_TIMEOUT_S)
+    except AssertionError:
+        proc.kill()
+        raise
+    return server
 
 
 def stop_server(server: Server) -> None:
